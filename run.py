@@ -1,0 +1,39 @@
+"""Start the talking-avatar server: `python run.py` serves http://127.0.0.1:8080."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from aiohttp import web
+
+from models.bundle import load_models
+from rtc_server.app import make_app
+from rtc_server.config import parse_config
+from rtc_server.conversation import attach_conversation
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log = logging.getLogger("run")
+
+    def load():
+        start = time.perf_counter()
+        bundle = load_models(config, progress=lambda msg: log.info("%s", msg))
+        log.info("all models loaded in %.1f s; ready at http://%s:%d/", time.perf_counter() - start,
+                 config.host, config.port)
+        return bundle
+
+    app = make_app(config, load)
+    if config.listen:
+        attach_conversation(app)
+    log.info("serving http://%s:%d/ (models loading; /healthz turns 200 when ready)", config.host, config.port)
+    web.run_app(app, host=config.host, port=config.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

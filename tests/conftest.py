@@ -1,0 +1,41 @@
+"""Shared fixtures: the real models, loaded once, and a real server on a free port."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rtc_server.config import Config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def media_config() -> Config:
+    """Settings of the say-only server used by the media tests."""
+    return Config(port=0, max_sessions=3, listen=False, connect_timeout_s=15.0)
+
+
+@pytest.fixture(scope="session")
+def media_models(media_config):
+    from models.bundle import load_models
+
+    return load_models(media_config)
+
+
+@pytest.fixture(scope="session")
+async def media_server(media_config, media_models):
+    """Base URL of a running say-only server (real app, real models)."""
+    from aiohttp.test_utils import TestServer
+
+    from rtc_server.app import make_app
+
+    app = make_app(media_config, media_models)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    app["test_server"] = server
+    yield f"http://127.0.0.1:{server.port}", app
+    await server.close()

@@ -1,0 +1,196 @@
+"""A real aiortc peer that talks to the server the way the browser client does."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+class PcmTrack(MediaStreamTrack):
+    """A microphone that plays int16 mono PCM (48 kHz) in real time, then silence."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray | None = None, sample_rate: int = 48_000) -> None:
+        super().__init__()
+        self.rate = sample_rate
+        self.samples = 960
+        self.pcm = pcm if pcm is not None else np.zeros(0, dtype=np.int16)
+        self.pos = 0
+        self.start: float | None = None
+        self.count = 0
+        self.played_at: float | None = None  # monotonic time the PCM's first sample was sent
+
+    def play(self, pcm: np.ndarray) -> float:
+        """Start playing `pcm` at the next packet; returns nothing useful until sent."""
+        self.pcm = pcm
+        self.pos = 0
+        self.played_at = None
+        return time.monotonic()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.start is None:
+            self.start = time.monotonic()
+        due = self.start + self.count * self.samples / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        chunk = np.zeros(self.samples, dtype=np.int16)
+        if self.pos < len(self.pcm):
+            if self.pos == 0:
+                self.played_at = time.monotonic()
+            piece = self.pcm[self.pos : self.pos + self.samples]
+            chunk[: len(piece)] = piece
+            self.pos += self.samples
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self.count * self.samples
+        frame.time_base = Fraction(1, self.rate)
+        self.count += 1
+        return frame
+
+
+@dataclass
+class Received:
+    """What arrived, with monotonic arrival times."""
+
+    video_times: list[float] = field(default_factory=list)
+    video_pts: list[int] = field(default_factory=list)
+    video_luma: list[np.ndarray] = field(default_factory=list)  # Y planes, if kept
+    video_size: tuple[int, int] | None = None
+    audio_times: list[float] = field(default_factory=list)
+    audio_pts: list[int] = field(default_factory=list)
+    audio_samples: list[int] = field(default_factory=list)
+    audio_chunks: list[np.ndarray] = field(default_factory=list)  # mono int16
+    audio_rate: int = 48_000
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.audio_chunks) if self.audio_chunks else np.zeros(0, np.int16)
+
+
+class AvatarClient:
+    """Connects like static/client.html: audio sendrecv, video recvonly, an `events` channel."""
+
+    def __init__(self, base_url: str, keep_video: bool = False, mic: MediaStreamTrack | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.keep_video = keep_video
+        self.mic = mic or PcmTrack()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.received = Received()
+        self.events: list[tuple[float, dict]] = []
+        self.session_id: str | None = None
+        self.token: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._event_waiters: list[tuple[callable, asyncio.Future]] = []
+        self.channel = None
+        self.http: aiohttp.ClientSession | None = None
+
+    async def connect(self, **offer_fields) -> dict:
+        self.http = aiohttp.ClientSession()
+        self.pc.addTransceiver(self.mic, direction="sendrecv")
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.channel = self.pc.createDataChannel("events")
+        self.channel.on("message", self._on_event)
+        self.pc.on("track", self._on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **offer_fields}
+        async with self.http.post(self.base_url + "/offer", json=body) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"offer refused: {resp.status} {answer}")
+        self.session_id, self.token = answer["session_id"], answer["token"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    def _on_event(self, message: str) -> None:
+        event = json.loads(message)
+        self.events.append((time.monotonic(), event))
+        for predicate, fut in list(self._event_waiters):
+            if not fut.done() and predicate(event):
+                fut.set_result(event)
+
+    async def wait_event(self, predicate, timeout: float = 30.0) -> dict:
+        for _, event in self.events:
+            if predicate(event):
+                return event
+        fut = asyncio.get_running_loop().create_future()
+        self._event_waiters.append((predicate, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def wait_new_event(self, predicate, timeout: float = 30.0) -> dict:
+        fut = asyncio.get_running_loop().create_future()
+        self._event_waiters.append((predicate, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    def _on_track(self, track) -> None:
+        reader = self._read_video if track.kind == "video" else self._read_audio
+        self._tasks.append(asyncio.create_task(reader(track)))
+
+    async def _read_video(self, track) -> None:
+        r = self.received
+        try:
+            while True:
+                frame = await track.recv()
+                r.video_times.append(time.monotonic())
+                r.video_pts.append(frame.pts)
+                r.video_size = (frame.width, frame.height)
+                if self.keep_video:
+                    r.video_luma.append(frame.to_ndarray(format="gray"))
+        except MediaStreamError:
+            pass
+
+    async def _read_audio(self, track) -> None:
+        r = self.received
+        try:
+            while True:
+                frame = await track.recv()
+                r.audio_times.append(time.monotonic())
+                r.audio_pts.append(frame.pts)
+                r.audio_rate = frame.sample_rate
+                data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                r.audio_samples.append(data.shape[0])
+                r.audio_chunks.append(data[:, 0].astype(np.int16))
+        except MediaStreamError:
+            pass
+
+    async def wait_media(self, timeout: float = 20.0) -> None:
+        """Until both video and audio frames flow."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.received.video_times) > 5 and len(self.received.audio_times) > 10:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"media did not arrive: {len(self.received.video_times)} video, "
+                           f"{len(self.received.audio_times)} audio frames")
+
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def request(self, method: str, path: str, **kwargs) -> tuple[int, dict | None]:
+        assert self.http is not None
+        async with self.http.request(method, self.base_url + path, headers=self.auth(), **kwargs) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else None
+            return resp.status, body
+
+    async def say(self, text: str) -> str:
+        status, body = await self.request("POST", f"/sessions/{self.session_id}/say", json={"text": text})
+        assert status == 202, (status, body)
+        return body["utterance_id"]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+        if self.http is not None:
+            await self.http.close()

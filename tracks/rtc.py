@@ -1,0 +1,93 @@
+"""aiortc tracks fed by the tick loop: both take their pts from the same tick index."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from tracks.avframe import AVFrame
+
+VIDEO_CLOCK = 90_000
+AUDIO_PACKET_SECONDS = 0.020
+
+
+class TickTrack(MediaStreamTrack):
+    """A track whose frames are pushed by the clock; recv() hands them to the sender.
+
+    The buffer is short and drops the oldest frame when the sender falls behind, so delay
+    can never build up. On the first recv() stale frames are discarded: the sender starts
+    from the tick now on air.
+    """
+
+    def __init__(self, kind: str, max_buffered: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self._frames: deque = deque(maxlen=max_buffered)
+        self._ready = asyncio.Event()
+        self._receiving = False
+        self.dropped = 0
+        self.sent = 0
+
+    def put(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+        if self.readyState != "live":
+            return
+        if self._receiving and len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        if not self._receiving:
+            self._receiving = True
+            self._frames.clear()
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        self.sent += 1
+        return self._frames.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
+
+
+class RtcSink:
+    """Turns AVFrames into one video and one audio aiortc frame stream stamped from the tick."""
+
+    def __init__(self, fps: int, sample_rate: int) -> None:
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.samples_per_tick = sample_rate // fps
+        packet = int(sample_rate * AUDIO_PACKET_SECONDS)
+        # Split a tick's audio into 20 ms packets where it divides evenly (25 fps: 2 x 960).
+        self.audio_packet = packet if self.samples_per_tick % packet == 0 else self.samples_per_tick
+        self.video = TickTrack("video", max_buffered=3)
+        self.audio = TickTrack("audio", max_buffered=3 * self.samples_per_tick // self.audio_packet)
+        self._video_tb = Fraction(1, VIDEO_CLOCK)
+        self._audio_tb = Fraction(1, sample_rate)
+
+    def push(self, tick: int, frame: AVFrame) -> None:
+        vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
+        vf.pts = tick * VIDEO_CLOCK // self.fps
+        vf.time_base = self._video_tb
+        self.video.put(vf)
+        base = tick * self.samples_per_tick
+        audio = frame.audio
+        for offset in range(0, self.samples_per_tick, self.audio_packet):
+            chunk = np.ascontiguousarray(audio[offset : offset + self.audio_packet]).reshape(1, -1)
+            af = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            af.sample_rate = self.sample_rate
+            af.pts = base + offset
+            af.time_base = self._audio_tb
+            self.audio.put(af)
+
+    def stop(self) -> None:
+        self.video.stop()
+        self.audio.stop()

@@ -1,0 +1,135 @@
+"""The tick loop: every 1/fps seconds one AVFrame leaves for every attached sink.
+
+This is where the session's clock ticks. It takes the next rendered frame from the
+FrameQueue, or an idle frame when there is none, and hands the same frame with the same
+tick index to every sink (the WebRTC tracks today; recorders or other outputs later).
+It never waits for the renderer and never shifts the timeline.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from tracks.avframe import AVFrame
+from tracks.clock import MediaClock
+from tracks.frame_queue import FrameQueue
+
+log = logging.getLogger(__name__)
+
+
+class AVSink(Protocol):
+    def push(self, tick: int, frame: AVFrame) -> None:
+        """Take frame `frame` for tick `tick` (must not block)."""
+
+
+class IdleSource(Protocol):
+    def idle(self, tick: int) -> AVFrame:
+        """The frame for `tick` when nothing is queued."""
+
+
+@dataclass
+class StreamStats:
+    ticks: int = 0
+    speech_frames: int = 0
+    idle_frames: int = 0
+    underruns: int = 0     # queue empty in the middle of an utterance: video repeated, audio silent
+    late_ticks: int = 0    # ticks emitted more than a frame after their due time
+    skipped_ticks: int = 0  # ticks given up after a long stall of the event loop
+
+
+SpeechCallback = Callable[[str, str], None]  # (event "start"|"end", utterance_id)
+
+
+class AVStream:
+    """Runs the clock of one session and fans each tick's AVFrame out to the sinks."""
+
+    def __init__(
+        self,
+        clock: MediaClock,
+        queue: FrameQueue,
+        idle: IdleSource,
+        *,
+        max_catch_up_ticks: int | None = None,
+        on_speech: SpeechCallback | None = None,
+    ) -> None:
+        self.clock = clock
+        self.queue = queue
+        self.idle_source = idle
+        self.sinks: list[AVSink] = []
+        self.stats = StreamStats()
+        self.on_speech = on_speech
+        # A short stall is caught up in a burst (keeps audio whole); a long one is skipped.
+        self.max_catch_up = max_catch_up_ticks if max_catch_up_ticks is not None else clock.fps // 2
+        self.current_utterance: str | None = None
+        self._last_video = None
+        self.tick = 0
+
+    def attach(self, sink: AVSink) -> None:
+        self.sinks.append(sink)
+
+    def detach(self, sink: AVSink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        if not self.clock.started:
+            self.clock.start()
+        frame_time = 1 / self.clock.fps
+        while True:
+            lateness = await self.clock.wait_for(self.tick)
+            if lateness > frame_time:
+                self.stats.late_ticks += 1
+                behind = self.clock.current_tick() - self.tick
+                if behind > self.max_catch_up:
+                    log.warning("clock stalled %.0f ms: skipping %d ticks", lateness * 1000, behind)
+                    self.stats.skipped_ticks += behind
+                    self.tick += behind
+            self.emit(self.tick, self._next_frame(self.tick))
+            self.tick += 1
+
+    def _next_frame(self, tick: int) -> AVFrame:
+        frame = self.queue.get_nowait()
+        if frame is not None:
+            return frame
+        if self.current_utterance is not None and self._last_video is not None:
+            # The renderer fell behind mid-utterance: hold the last picture rather than
+            # flashing the idle face; the audio of this tick is silence.
+            self.stats.underruns += 1
+            idle = self.idle_source.idle(tick)
+            return AVFrame(video=self._last_video, audio=idle.audio)
+        return self.idle_source.idle(tick)
+
+    def emit(self, tick: int, frame: AVFrame) -> None:
+        self.stats.ticks += 1
+        if frame.is_speech:
+            self.stats.speech_frames += 1
+            if frame.first or frame.utterance_id != self.current_utterance:
+                self.current_utterance = frame.utterance_id
+                self._notify("start", frame.utterance_id)
+            self._last_video = frame.video
+        else:
+            self.stats.idle_frames += 1
+        for sink in self.sinks:
+            try:
+                sink.push(tick, frame)
+            except Exception:  # one broken sink must not stop the clock for the others
+                log.exception("sink %r failed; detaching it", sink)
+                self.detach(sink)
+        if frame.is_speech and frame.last:
+            self._notify("end", frame.utterance_id)
+            self.current_utterance = None
+            self._last_video = None
+
+    def end_utterance(self) -> str | None:
+        """Forget the utterance on air (after an interrupt); returns its id if one was playing."""
+        playing = self.current_utterance
+        self.current_utterance = None
+        self._last_video = None
+        return playing
+
+    def _notify(self, event: str, utterance_id: str | None) -> None:
+        if self.on_speech is not None and utterance_id is not None:
+            self.on_speech(event, utterance_id)
