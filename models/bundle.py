@@ -97,7 +97,6 @@ def build_renderer(config, device: str) -> LipSyncRenderer:
 def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -> None:
     """VAD, ASR and the reply model."""
     from models.asr import SpeechRecognizer
-    from models.llm import make_chat_model
     from models.vad import VoiceActivityDetector
 
     bundle.vad = _timed("VAD (Silero)", bundle.timings, progress, VoiceActivityDetector)
@@ -108,6 +107,14 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
         return recognizer
 
     bundle.asr = _timed("ASR (faster-whisper)", bundle.timings, progress, asr)
-    bundle.llm = _timed(f"LLM ({config.llm})", bundle.timings, progress,
-                        lambda: make_chat_model(config.llm, model=config.llm_model, url=config.llm_url,
-                                                api_key=config.llm_key))
+    bundle.llm = _timed(f"LLM ({config.llm})", bundle.timings, progress, lambda: build_chat_model(config))
+
+
+def build_chat_model(config):
+    from models.llm import make_chat_model
+
+    if config.llm == "local":
+        return make_chat_model("local", model_path=config.llm_model)
+    if config.llm == "openai":
+        return make_chat_model("openai", base_url=config.llm_url, model=config.llm_model, api_key=config.llm_key)
+    return make_chat_model(config.llm)

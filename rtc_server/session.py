@@ -82,7 +82,9 @@ class Session:
         self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order
         self._speak_lock = asyncio.Lock()
         self._utterance_count = 0
+        self._on_air_callbacks: dict[str, Callable[[], None]] = {}
         self.on_chat: Callable[[str], dict] | None = None  # set by the conversation, if any
+        self.conversation = None  # rtc_server.conversation.Conversation when listening
         self.mic_handler: Callable[[object], None] | None = None
 
     # ---- negotiation -------------------------------------------------------------------
@@ -163,17 +165,23 @@ class Session:
         """Speak `text` verbatim after whatever is already queued; returns the utterance id."""
         return self.speak(one_text(text))
 
-    def speak(self, texts: AsyncIterable[str], utterance_id: str | None = None) -> str:
+    def speak(self, texts: AsyncIterable[str], utterance_id: str | None = None,
+              on_first_audio: Callable[[], None] | None = None) -> str:
         """Speak a stream of texts (e.g. LLM clauses) as one utterance."""
         uid = utterance_id or self.new_utterance_id()
-        task = self._spawn(self._run_utterance(uid, texts), f"utterance-{uid}")
+        task = self._spawn(self._run_utterance(uid, texts, on_first_audio), f"utterance-{uid}")
         self._utterances[uid] = task
         return uid
 
-    async def _run_utterance(self, uid: str, texts: AsyncIterable[str]) -> None:
+    def watch_utterance(self, uid: str, on_air: Callable[[], None]) -> None:
+        """Call `on_air` when the first frame of `uid` leaves on the clock."""
+        self._on_air_callbacks[uid] = on_air
+
+    async def _run_utterance(self, uid: str, texts: AsyncIterable[str],
+                             on_first_audio: Callable[[], None] | None) -> None:
         async with self._speak_lock:
             try:
-                queued = await self.speaker.speak(uid, texts)
+                queued = await self.speaker.speak(uid, texts, on_first_audio)
             except SpeechFailed as exc:
                 log.warning("session %s: utterance %s: %s", self.id, uid, exc)
                 self.events.error(f"speech {exc.stage} failed: {exc.cause}")
@@ -201,6 +209,9 @@ class Session:
 
     def _on_speech(self, event: str, uid: str) -> None:
         if event == "start":
+            callback = self._on_air_callbacks.pop(uid, None)
+            if callback is not None:
+                callback()
             self.events.send({"type": "speech_start", "utterance_id": uid})
             self.set_state("speaking")
         elif uid in self._utterances:
@@ -208,6 +219,7 @@ class Session:
 
     def _end_utterance(self, uid: str, interrupted: bool) -> None:
         self._utterances.pop(uid, None)
+        self._on_air_callbacks.pop(uid, None)
         self.events.send({"type": "speech_end", "utterance_id": uid, "interrupted": interrupted})
         if not self._utterances and self.state == "speaking":
             self.set_state("idle")
@@ -283,6 +295,7 @@ class Session:
             "connection": self.pc.connectionState,
             "age_s": round(time.time() - self.created, 1),
             "utterances_pending": list(self._utterances),
+            "turns": [vars(t) for t in self.conversation.turns] if self.conversation is not None else [],
             "stats": {
                 "ticks": s.ticks,
                 "speech_frames": s.speech_frames,

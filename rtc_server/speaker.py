@@ -5,7 +5,7 @@ import asyncio
 import dataclasses
 import logging
 from concurrent.futures import Executor
-from typing import AsyncIterable, Iterator, Protocol
+from typing import AsyncIterable, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -59,7 +59,8 @@ class Speaker:
         self.samples_per_tick = samples_per_tick
         self.next_tick = next_tick
 
-    async def speak(self, utterance_id: str, texts: AsyncIterable[str]) -> int:
+    async def speak(self, utterance_id: str, texts: AsyncIterable[str],
+                    on_first_audio: Callable[[], None] | None = None) -> int:
         """Queue the frames of `texts` as one utterance; returns the number of frames queued.
 
         Cancelling the caller stops TTS and rendering; frames already queued are the
@@ -76,6 +77,9 @@ class Speaker:
             while (chunk := await chunks.get()) is not None:
                 if isinstance(chunk, BaseException):
                     raise SpeechFailed("tts", chunk)
+                if on_first_audio is not None:
+                    on_first_audio()
+                    on_first_audio = None
                 start_tick = self.next_tick() + len(self.queue)
                 try:
                     source = await loop.run_in_executor(self.executor, self.renderer.begin, chunk, start_tick)

@@ -73,6 +73,8 @@ class Received:
     audio_samples: list[int] = field(default_factory=list)
     audio_chunks: list[np.ndarray] = field(default_factory=list)  # mono int16
     audio_rate: int = 48_000
+    # First-packet arrival per RTP timestamp, before any jitter buffer: the wire timeline.
+    wire: dict[str, dict[int, float]] = field(default_factory=lambda: {"audio": {}, "video": {}})
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.audio_chunks) if self.audio_chunks else np.zeros(0, np.int16)
@@ -99,6 +101,8 @@ class AvatarClient:
         self.http = aiohttp.ClientSession()
         self.pc.addTransceiver(self.mic, direction="sendrecv")
         self.pc.addTransceiver("video", direction="recvonly")
+        for transceiver in self.pc.getTransceivers():
+            self._watch_wire(transceiver.receiver, transceiver.kind)
         self.channel = self.pc.createDataChannel("events")
         self.channel.on("message", self._on_event)
         self.pc.on("track", self._on_track)
@@ -111,6 +115,17 @@ class AvatarClient:
         self.session_id, self.token = answer["session_id"], answer["token"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         return answer
+
+    def _watch_wire(self, receiver, kind: str) -> None:
+        """Note when each RTP timestamp first arrives (test instrumentation, not a stand-in)."""
+        handle = receiver._handle_rtp_packet
+        seen = self.received.wire[kind]
+
+        async def timed(packet, arrival_time_ms: int) -> None:
+            seen.setdefault(packet.timestamp, time.monotonic())
+            await handle(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = timed
 
     def _on_event(self, message: str) -> None:
         event = json.loads(message)

@@ -1,0 +1,250 @@
+"""The conversation loop of one session: mic -> VAD -> ASR -> LLM -> speech, with barge-in."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import av
+import numpy as np
+from aiohttp import web
+
+from models.bundle import ModelBundle
+from models.llm import ChatHistory, ClauseSplitter, DEFAULT_SYSTEM_PROMPT, LLMError
+from rtc_server.session import Session
+
+log = logging.getLogger(__name__)
+
+ASR_RATE = 16_000
+
+
+@dataclass
+class TurnTiming:
+    """Monotonic timestamps of one user turn, for stats, metrics and the latency bench."""
+
+    source: str                      # "voice" or "text"
+    user_text: str = ""
+    speech_end: float | None = None  # end of the user's speech (stream time mapped to monotonic)
+    end_of_turn: float | None = None  # VAD decided the turn is over
+    asr_done: float | None = None
+    llm_first_token: float | None = None
+    first_clause: float | None = None
+    tts_first_audio: float | None = None
+    first_frame: float | None = None  # first frame of the reply left on the clock
+    utterance_id: str | None = None
+    stages_ms: dict = field(default_factory=dict)
+
+    def finish(self) -> None:
+        def span(a, b):
+            return round((b - a) * 1000, 1) if a is not None and b is not None else None
+
+        start = self.end_of_turn if self.source == "voice" else self.asr_done
+        self.stages_ms = {
+            "end_of_turn_wait": span(self.speech_end, self.end_of_turn),
+            "asr": span(self.end_of_turn, self.asr_done),
+            "llm_first_token": span(self.asr_done, self.llm_first_token),
+            "llm_first_clause": span(self.asr_done, self.first_clause),
+            "tts_first_audio": span(self.first_clause, self.tts_first_audio),
+            "first_frame": span(self.tts_first_audio, self.first_frame),
+            "server_total": span(self.speech_end if self.source == "voice" else start, self.first_frame),
+        }
+
+
+def load_persona(persona: str | None) -> str:
+    if not persona:
+        return DEFAULT_SYSTEM_PROMPT
+    if persona.startswith("@"):
+        path = Path(persona[1:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"--persona {persona}: cannot read {path}: {exc.strerror}") from None
+    return persona
+
+
+class Conversation:
+    """Listens to one session's microphone and answers it out loud."""
+
+    def __init__(self, session: Session, bundle: ModelBundle) -> None:
+        config = session.config
+        self.session = session
+        self.asr = bundle.asr
+        self.llm = bundle.llm
+        self.executor = session.speaker.executor
+        self.barge_in = config.barge_in
+        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms)
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
+        self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
+        self.turns: deque[TurnTiming] = deque(maxlen=20)
+        self._turn: asyncio.Task | None = None
+        self._samples_in = 0          # 16 kHz samples fed to the VAD so far
+        self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
+        self.user_speaking = False
+        self.mic_errors = 0
+        session.mic_handler = self.on_mic_frame
+        session.on_chat = self.on_chat
+
+    # ---- input -------------------------------------------------------------------------
+
+    def on_mic_frame(self, frame: av.AudioFrame) -> None:
+        try:
+            for out in self.resampler.resample(frame):
+                pcm = out.to_ndarray().reshape(-1)
+                if self._stream_t0 is None:
+                    self._stream_t0 = time.monotonic() - len(pcm) / ASR_RATE
+                self._samples_in += len(pcm)
+                for event in self.vad.push(pcm):
+                    self._on_vad(event)
+        except Exception as exc:  # garbage audio must not end the session
+            self.mic_errors += 1
+            if self.mic_errors in (1, 100):
+                log.warning("session %s: microphone audio rejected: %s", self.session.id, exc)
+                self.session.events.error(f"microphone audio could not be processed: {exc}")
+
+    def _stream_time(self, t: float) -> float:
+        return (self._stream_t0 or time.monotonic()) + t
+
+    def _avatar_busy(self) -> bool:
+        return bool(self.session._utterances) or (self._turn is not None and not self._turn.done())
+
+    def _on_vad(self, event) -> None:
+        kind = type(event).__name__
+        if kind == "SpeechStart":
+            if self._avatar_busy():
+                if not self.barge_in:
+                    return  # half duplex: the avatar's own voice must not become a turn
+                log.info("session %s: barge-in", self.session.id)
+                self.cancel_turn()
+                self.session.interrupt()
+            self.user_speaking = True
+            self.session.set_state("listening")
+        elif kind == "SpeechEnd":
+            if not self.user_speaking:
+                return
+            self.user_speaking = False
+            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.speech_end if hasattr(event, "speech_end") else event.t),
+                                end_of_turn=time.monotonic())
+            self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing))
+
+    def on_chat(self, text: str) -> dict:
+        """A typed user turn: interrupts whatever the avatar is doing and answers it."""
+        self.cancel_turn()
+        self.session.interrupt()
+        timing = TurnTiming(source="text", user_text=text, asr_done=time.monotonic())
+        self._start_turn(self._reply(text, timing))
+        return {"accepted": True}
+
+    # ---- turns -------------------------------------------------------------------------
+
+    def _start_turn(self, coro) -> None:
+        self.cancel_turn()
+        self._turn = self.session._spawn(coro, "turn")
+
+    def cancel_turn(self) -> None:
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()
+        self._turn = None
+
+    async def _voice_turn(self, audio: np.ndarray, timing: TurnTiming) -> None:
+        session = self.session
+        session.set_state("thinking")
+        loop = asyncio.get_running_loop()
+
+        def partial(text: str) -> None:
+            session.events.send({"type": "transcript", "text": text, "final": False})
+
+        def recognise() -> str:
+            text = ""
+            for text in self.asr.transcribe_iter(audio):
+                loop.call_soon_threadsafe(partial, text)
+            return text
+
+        try:
+            text = (await loop.run_in_executor(self.executor, recognise)).strip()
+        except Exception as exc:
+            log.warning("session %s: ASR failed: %s", session.id, exc)
+            session.events.error(f"speech recognition failed: {exc}")
+            session.set_state("idle")
+            return
+        timing.asr_done = time.monotonic()
+        session.events.send({"type": "transcript", "text": text, "final": True})
+        if not text:
+            session.set_state("idle")
+            return
+        timing.user_text = text
+        await self._reply(text, timing)
+
+    async def _reply(self, text: str, timing: TurnTiming) -> None:
+        session = self.session
+        session.set_state("thinking")
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        splitter = ClauseSplitter()
+        reply = ""
+        uid: str | None = None
+        self.turns.append(timing)
+
+        async def clause_stream() -> AsyncIterator[str]:
+            while (clause := await clauses.get()) is not None:
+                yield clause
+
+        def queue_clause(clause: str) -> None:
+            nonlocal uid
+            if timing.first_clause is None:
+                timing.first_clause = time.monotonic()
+            clauses.put_nowait(clause)
+            if uid is None:
+                uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"))
+                timing.utterance_id = uid
+                session.watch_utterance(uid, lambda: _mark(timing, "first_frame"))
+
+        try:
+            async for delta in self.llm.stream(self.history.messages(pending_user=text)):
+                if timing.llm_first_token is None:
+                    timing.llm_first_token = time.monotonic()
+                reply += delta
+                session.events.send({"type": "reply", "text": reply, "final": False})
+                for clause in splitter.feed(delta):
+                    queue_clause(clause)
+            rest = splitter.flush()
+            if rest:
+                queue_clause(rest)
+        except LLMError as exc:
+            log.warning("session %s: LLM failed: %s", session.id, exc)
+            session.events.error(f"reply failed: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("session %s: reply failed", session.id)
+            session.events.error(f"reply failed: {exc}")
+        finally:
+            clauses.put_nowait(None)
+            self.history.add_user(text)
+            if reply:
+                self.history.add_assistant(reply)
+            session.events.send({"type": "reply", "text": reply, "final": True})
+        if uid is None:
+            session.set_state("idle")
+        log.info("session %s: turn %r -> %r", session.id, text[:60], reply[:60])
+
+
+def _mark(timing: TurnTiming, name: str) -> None:
+    if getattr(timing, name) is None:
+        setattr(timing, name, time.monotonic())
+        if name == "first_frame":
+            timing.finish()
+
+
+def attach_conversation(app: web.Application) -> None:
+    """Give every new session of `app` a conversation (needs VAD, ASR and an LLM loaded)."""
+    from rtc_server.app import ATTACHERS
+
+    def attach(session: Session, bundle: ModelBundle) -> None:
+        if bundle.vad is None or bundle.asr is None or bundle.llm is None:
+            return
+        session.conversation = Conversation(session, bundle)
+
+    app[ATTACHERS].append(attach)

@@ -1,0 +1,216 @@
+"""A real aiortc peer against the real app and models: media, speech, sync, lifecycle."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rtc_server.app import SESSIONS
+from tests.rtc_client import AvatarClient
+
+FPS = 25
+LONG_TEXT = ("The quick brown fox jumps over the lazy dog. Peter Piper picked a peck of pickled peppers. "
+             "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.")
+
+
+@pytest.fixture
+async def client(media_server):
+    base_url, _ = media_server
+    c = AvatarClient(base_url, keep_video=True)
+    await c.connect()
+    await c.wait_media()
+    yield c
+    await c.close()
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
+
+
+def frames_between(times: list[float], start: float, end: float) -> list[int]:
+    return [i for i, t in enumerate(times) if start <= t <= end]
+
+
+def audio_between(client: AvatarClient, start: float, end: float) -> np.ndarray:
+    r = client.received
+    idx = frames_between(r.audio_times, start, end)
+    return np.concatenate([r.audio_chunks[i] for i in idx]) if idx else np.zeros(0, np.int16)
+
+
+def mouth_box(models) -> tuple[slice, slice]:
+    """Rows/cols around the avatar's lips and chin, from its landmarks."""
+    marks = models.renderer(None).avatar.landmarks
+    lips = marks[48:68]
+    x0, y0 = lips.min(axis=0)
+    x1, y1 = lips.max(axis=0)
+    pad_x, pad_y = 0.15 * (x1 - x0), 0.4 * (y1 - y0)
+    return slice(int(y0 - pad_y), int(y1 + 2 * pad_y)), slice(int(x0 - pad_x), int(x1 + pad_x))
+
+
+async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
+    await asyncio.sleep(3.0)
+    r = client.received
+    t = np.array(r.video_times)
+    recent = t[t > t[-1] - 2.5]
+    fps = (len(recent) - 1) / (recent[-1] - recent[0])
+    assert 23.5 < fps < 26.5, f"video arrives at {fps:.1f} fps"
+    assert np.median(np.diff(r.video_pts[-40:])) == 90_000 // FPS
+    assert r.audio_rate == 48_000
+    assert set(r.audio_samples[-50:]) == {960}, "audio frames must be 20 ms"
+    renderer = media_models.renderer(None)
+    assert r.video_size == (renderer.width, renderer.height)
+
+
+async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
+    rows, cols = mouth_box(media_models)
+    r = client.received
+    rest = r.video_luma[-1][rows, cols].astype(np.float32)
+    uid = await client.say("Hello there, my name is Bob and I am happy to meet you.")
+    start = await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid)
+    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
+    assert end["interrupted"] is False
+    t_start = next(t for t, e in client.events if e is start)
+    t_end = next(t for t, e in client.events if e is end)
+    await asyncio.sleep(1.5)
+
+    speech = audio_between(client, t_start + 0.2, t_end - 0.2)
+    after = audio_between(client, t_end + 0.5, t_end + 1.4)
+    assert rms(speech) > 800, "the received audio should carry speech"
+    assert rms(after) < 100, "the avatar should be silent after speech_end"
+
+    def motion(idx):
+        return np.array([np.abs(r.video_luma[i][rows, cols].astype(np.float32) - rest).mean() for i in idx])
+
+    talking = motion(frames_between(r.video_times, t_start + 0.1, t_end - 0.1))
+    resting = motion(frames_between(r.video_times, t_end + 0.5, t_end + 1.4))
+    assert len(talking) > 25
+    assert talking.max() > 6.0, f"mouth barely moved while speaking (max diff {talking.max():.1f})"
+    assert talking.std() > 1.0, "mouth should open and close, not hold one shape"
+    assert resting.max() < 2.5, f"mouth should rest after speech (diff {resting.max():.1f})"
+
+
+async def test_audio_and_video_timelines_stay_within_one_frame_over_20_s(client):
+    await client.say(LONG_TEXT)
+    await asyncio.sleep(20.0)
+    wire = client.received.wire
+    video = sorted(wire["video"].items())
+    audio = sorted(wire["audio"].items())
+    assert len(video) > 20 * FPS * 0.9 and len(audio) > 20 * 50 * 0.9
+
+    def earliest_offsets(items, clock_rate, window=2.0):
+        # arrival - media time; the minimum per window filters network/encode jitter
+        ts = np.array([k for k, _ in items], dtype=np.float64)
+        arr = np.array([v for _, v in items])
+        ts = np.unwrap(ts, period=2**32)
+        off = arr - ts / clock_rate
+        bins = ((arr - arr[0]) // window).astype(int)
+        return {b: off[bins == b].min() for b in np.unique(bins)}
+
+    ov = earliest_offsets(video, 90_000)
+    oa = earliest_offsets(audio, 48_000)
+    common = sorted(set(ov) & set(oa))[1:-1]
+    assert len(common) >= 8
+    skew = np.array([ov[b] - oa[b] for b in common])
+    drift = skew.max() - skew.min()
+    assert drift < 1 / FPS, f"audio and video drifted {drift * 1000:.0f} ms apart over 20 s"
+
+
+async def test_sync_test_beep_and_flash_leave_on_the_same_tick(media_server):
+    base_url, _ = media_server
+    c = AvatarClient(base_url, keep_video=True)
+    await c.connect(mode="sync-test")
+    try:
+        await c.wait_media()
+        await asyncio.sleep(7.0)
+        r = c.received
+        luma = np.array([y.mean() for y in r.video_luma])
+        white = np.flatnonzero(luma > 128)
+        flashes = [r.video_pts[i] for k, i in enumerate(white) if k == 0 or white[k - 1] != i - 1]
+        assert 3 <= len(flashes) <= 4, f"expected a flash every 2 s, saw {len(flashes)}"
+        assert all(np.diff(np.flatnonzero(luma > 128))[np.diff(np.flatnonzero(luma > 128)) > 1] == 2 * FPS - 2)
+
+        loud = [i for i, chunk in enumerate(r.audio_chunks) if rms(chunk) > 3000]
+        beeps = [r.audio_pts[i] for k, i in enumerate(loud) if k == 0 or loud[k - 1] != i - 1]
+        assert len(beeps) >= 3
+        wire_v = r.wire["video"]
+        wire_a = r.wire["audio"]
+        flash_times = [wire_v[p] for p in flashes if p in wire_v]
+        beep_times = [wire_a[p] for p in beeps if p in wire_a]
+        offsets = []
+        for bt in beep_times:
+            nearest = min(flash_times, key=lambda ft: abs(ft - bt))
+            offsets.append(bt - nearest)
+        assert len(offsets) >= 3
+        assert max(abs(o) for o in offsets) < 1 / FPS, f"beep vs flash on the wire: {offsets}"
+    finally:
+        await c.close()
+
+
+async def test_interrupt_stops_speech_and_nothing_leaks_after(client):
+    uid = await client.say(LONG_TEXT)
+    await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid)
+    await asyncio.sleep(1.0)
+    status, body = await client.request("POST", f"/sessions/{client.session_id}/interrupt")
+    assert status == 200 and uid in body["interrupted"]
+    t_int = time.monotonic()
+    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
+    assert end["interrupted"] is True
+    await asyncio.sleep(2.0)
+    assert rms(audio_between(client, t_int + 0.4, t_int + 2.0)) < 100, "audio after interrupt must be silent"
+    status, state = await client.request("GET", f"/sessions/{client.session_id}")
+    assert state["state"] == "idle" and state["stats"]["queue_depth"] == 0
+
+
+async def test_say_and_interrupt_over_the_data_channel(client):
+    client.channel.send('{"type": "say", "text": "Testing the data channel."}')
+    start = await client.wait_event(lambda e: e.get("type") == "speech_start")
+    client.channel.send('{"type": "interrupt"}')
+    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == start["utterance_id"])
+    assert end["interrupted"] is True
+    client.channel.send('{"type": "say"}')
+    error = await client.wait_event(lambda e: e.get("type") == "error")
+    assert "text" in error["message"]
+
+
+async def test_closed_peer_leaves_no_session_task_or_thread(media_server):
+    base_url, app = media_server
+    sessions = app[SESSIONS]
+    gc.collect()
+    threads_before = {t.name for t in threading.enumerate()}
+    for _ in range(2):
+        c = AvatarClient(base_url)
+        await c.connect()
+        await c.wait_media()
+        sid = c.session_id
+        session = sessions[sid]
+        await c.say("Goodbye.")
+        await c.close()
+        for _ in range(100):
+            if sid not in sessions:
+                break
+            await asyncio.sleep(0.1)
+        assert sid not in sessions, "the session must end when its peer closes"
+        assert session.task_count == 0
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(sid)]
+    await asyncio.sleep(0.5)
+    leaked = {t.name for t in threading.enumerate()} - threads_before
+    # worker pools are shared and bounded; anything else that appeared per session is a leak
+    assert not {n for n in leaked if not n.startswith(("media", "ThreadPoolExecutor", "asyncio"))}, leaked
+
+
+async def test_delete_ends_the_session(media_server):
+    base_url, app = media_server
+    c = AvatarClient(base_url)
+    await c.connect()
+    try:
+        status, _ = await c.request("DELETE", f"/sessions/{c.session_id}")
+        assert status == 204
+        assert c.session_id not in app[SESSIONS]
+        status, body = await c.request("GET", f"/sessions/{c.session_id}")
+        assert status == 404 and "unknown session" in body["error"]
+    finally:
+        await c.close()
