@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.bundle import ModelBundle
 from rtc_server.config import Config
+from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
 from rtc_server.session import OfferError, Session, validate_text
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ MODELS = web.AppKey("models", object)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 LOADER = web.AppKey("loader", object)
 ATTACHERS = web.AppKey("attachers", list)
+METRICS = web.AppKey("metrics", ServerMetrics)
 
 
 class OfferBody(BaseModel):
@@ -154,8 +156,9 @@ async def offer(request: web.Request) -> web.Response:
         raise HttpError(400, f"unknown voice {body.voice!r}; this server has one voice: 'default' (--voice)")
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], mode=body.mode,
                       avatar=body.avatar or bundle.default_avatar,
-                      on_closed=lambda s: app[SESSIONS].pop(s.id, None))
+                      on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
+    app[METRICS].sessions_started.inc()
     try:
         for attach in app[ATTACHERS]:
             attach(session, bundle)
@@ -207,6 +210,10 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 # ---- construction ----------------------------------------------------------------------
 
 
@@ -226,6 +233,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app[CONFIG] = config
     app[SESSIONS] = {}
     app[ATTACHERS] = []
+    app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
     app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="media")
     if isinstance(models, ModelBundle):
         app[MODELS] = models
@@ -249,6 +257,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app.on_cleanup.append(stop_executor)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", offer)
     app.router.add_post("/sessions/{session_id}/say", say)
     app.router.add_post("/sessions/{session_id}/chat", chat)

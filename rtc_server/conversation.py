@@ -102,8 +102,7 @@ class Conversation:
         except Exception as exc:  # garbage audio must not end the session
             self.mic_errors += 1
             if self.mic_errors in (1, 100):
-                log.warning("session %s: microphone audio rejected: %s", self.session.id, exc)
-                self.session.events.error(f"microphone audio could not be processed: {exc}")
+                self.session.report_error("mic", f"microphone audio could not be processed: {exc}")
 
     def _stream_time(self, t: float) -> float:
         return (self._stream_t0 or time.monotonic()) + t
@@ -166,8 +165,7 @@ class Conversation:
         try:
             text = (await loop.run_in_executor(self.executor, recognise)).strip()
         except Exception as exc:
-            log.warning("session %s: ASR failed: %s", session.id, exc)
-            session.events.error(f"speech recognition failed: {exc}")
+            session.report_error("asr", f"speech recognition failed: {exc}")
             session.set_state("idle")
             return
         timing.asr_done = time.monotonic()
@@ -199,7 +197,7 @@ class Conversation:
             if uid is None:
                 uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"))
                 timing.utterance_id = uid
-                session.watch_utterance(uid, lambda: _mark(timing, "first_frame"))
+                session.watch_utterance(uid, lambda: self._on_air(timing))
 
         try:
             async for delta in self.llm.stream(self.history.messages(pending_user=text)):
@@ -213,13 +211,12 @@ class Conversation:
             if rest:
                 queue_clause(rest)
         except LLMError as exc:
-            log.warning("session %s: LLM failed: %s", session.id, exc)
-            session.events.error(f"reply failed: {exc}")
+            session.report_error("llm", f"reply failed: {exc}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("session %s: reply failed", session.id)
-            session.events.error(f"reply failed: {exc}")
+            session.report_error("llm", f"reply failed: {exc}")
         finally:
             clauses.put_nowait(None)
             self.history.add_user(text)
@@ -231,11 +228,18 @@ class Conversation:
         log.info("session %s: turn %r -> %r", session.id, text[:60], reply[:60])
 
 
+    def _on_air(self, timing: TurnTiming) -> None:
+        _mark(timing, "first_frame")
+        timing.finish()
+        if self.session.metrics is not None:
+            self.session.metrics.observe_turn(timing.stages_ms)
+        log.info("session %s: turn latency %s", self.session.id,
+                 " ".join(f"{k}={v:.0f}ms" for k, v in timing.stages_ms.items() if v is not None))
+
+
 def _mark(timing: TurnTiming, name: str) -> None:
     if getattr(timing, name) is None:
         setattr(timing, name, time.monotonic())
-        if name == "first_frame":
-            timing.finish()
 
 
 def attach_conversation(app: web.Application) -> None:

@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from concurrent.futures import Executor
-from typing import AsyncIterable, Callable
+from typing import TYPE_CHECKING, AsyncIterable, Callable
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -22,6 +22,9 @@ from tracks.frame_queue import FrameQueue
 from tracks.rtc import RtcSink
 from tracks.stream import AVStream
 from tracks.sync_test import SyncTestPattern
+
+if TYPE_CHECKING:
+    from rtc_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Session:
         mode: str = "normal",
         avatar: str = "",
         on_closed: Callable[["Session"], None] | None = None,
+        metrics: "ServerMetrics | None" = None,
     ) -> None:
         self.id = secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
@@ -64,6 +68,7 @@ class Session:
         self.connected_at: float | None = None
         self.closed = False
         self._on_closed = on_closed
+        self.metrics = metrics
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.clock = MediaClock(config.fps)
         self.queue = FrameQueue(config.queue_frames)
@@ -183,8 +188,7 @@ class Session:
             try:
                 queued = await self.speaker.speak(uid, texts, on_first_audio)
             except SpeechFailed as exc:
-                log.warning("session %s: utterance %s: %s", self.id, uid, exc)
-                self.events.error(f"speech {exc.stage} failed: {exc.cause}")
+                self.report_error(exc.stage, f"speech {exc.stage} failed: {exc.cause}")
                 queued = 0
             if uid in self._utterances and not self._on_air(uid) and queued == 0:
                 # Nothing will ever leave on the clock for it: end it here.
@@ -235,7 +239,7 @@ class Session:
         try:
             message = parse_client_message(raw)
         except BadMessage as exc:
-            self.events.error(f"bad message: {exc}")
+            self.report_error("client", f"bad message: {exc}")
             return
         try:
             if isinstance(message, InterruptMessage):
@@ -247,9 +251,17 @@ class Session:
             elif self.on_chat is not None:
                 self.on_chat(text)
             else:
-                self.events.error("chat is not available: the server runs without a reply model (--listen false)")
+                self.report_error("client", "chat is not available: the server runs without a reply model "
+                                            "(--listen false)")
         except ValueError as exc:
-            self.events.error(str(exc))
+            self.report_error("client", str(exc))
+
+    def report_error(self, stage: str, message: str) -> None:
+        """Tell the client (an `error` event), the log and the metrics; the session goes on."""
+        log.warning("session %s: %s error: %s", self.id, stage, message)
+        if self.metrics is not None:
+            self.metrics.error(stage)
+        self.events.error(message)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -282,6 +294,8 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.sink.stop()
         await self.pc.close()
+        if self.metrics is not None:
+            self.metrics.session_ended(self)
         if self._on_closed is not None:
             self._on_closed(self)
 
