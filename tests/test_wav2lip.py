@@ -1,6 +1,7 @@
 """Wav2Lip-compatible renderer: checkpoint layout, loading and refusal, mel front end, rendering."""
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def _random_state(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
-    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "global_step": 1, "global_epoch": 1}, path)
+    """Save like the public files: torch 1.x legacy pickle format, DataParallel keys, optimizer state."""
+    optimizer = {"state": {0: {"step": 10, "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+                 "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                                   "amsgrad": False, "params": list(range(len(state)))}]}
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "optimizer": optimizer,
+                "global_step": 10, "global_epoch": 1}, path, _use_new_zipfile_serialization=False)
     return path
 
 
@@ -163,6 +169,13 @@ def test_extra_key_is_refused(tmp_path: Path, state: dict[str, torch.Tensor]) ->
     assert "wav2lip256" in message
 
 
+def test_pickled_objects_are_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "with_objects.pth"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors"):
+        load_wav2lip_checkpoint(path, "cpu")
+
+
 def test_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.pth"
     path.write_bytes(b"not a torch file")
@@ -211,6 +224,23 @@ def test_mel_puts_a_tone_in_its_band() -> None:
     loudest = int(np.argmax(mel[:, 5:-5].mean(axis=1)))
     assert abs(loudest - expected) <= 1
     assert mel[loudest, 5:-5].mean() > mel[:, 5:-5].mean(axis=1)[np.r_[0:10, 60:80]].max() + 2.0
+
+
+def test_mel_matches_librosa_reference_values() -> None:
+    # Reference numbers computed once with librosa 0.11 (filters.mel(sr=16000, n_fft=800,
+    # n_mels=80, fmin=55, fmax=7600); stft(..., pad_mode="reflect") of the preemphasised
+    # signal), i.e. the recipe the checkpoints were trained with; librosa is not a dependency.
+    bank = mel_filterbank()
+    for band, total, peak_bin, peak in ((0, 0.049364086, 5, 0.020812450), (20, 0.049364083, 40, 0.020181429),
+                                        (40, 0.049923554, 86, 0.014343159), (79, 0.049979556, 366, 0.003635340)):
+        assert bank[band].sum() == pytest.approx(total, rel=1e-5)
+        assert int(bank[band].argmax()) == peak_bin
+        assert bank[band].max() == pytest.approx(peak, rel=1e-5)
+    t = np.arange(8000) / 16000
+    mel = MelFrontEnd().from_16k((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    assert mel.shape == (80, 41)
+    for band, frame, value in ((0, 0, -1.2161391), (10, 20, 1.6348057), (11, 20, 0.1356162), (30, 20, -4.0)):
+        assert mel[band, frame] == pytest.approx(value, abs=1e-4)
 
 
 def test_mel_filterbank_is_slaney_normalised() -> None:
