@@ -1,6 +1,7 @@
 """Shared fixtures: the real models, loaded once, and a real server on a free port."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -38,4 +39,42 @@ async def media_server(media_config, media_models):
     await server.start_server()
     app["test_server"] = server
     yield f"http://127.0.0.1:{server.port}", app
+    await server.close()
+
+
+async def start_server(config: Config, bundle, conversation: bool = True):
+    """A real server (app + models) on a free port; returns (base_url, app, server)."""
+    from aiohttp.test_utils import TestServer
+
+    from rtc_server.app import make_app
+    from rtc_server.conversation import attach_conversation
+
+    app = make_app(config, bundle)
+    if conversation:
+        attach_conversation(app)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    return f"http://127.0.0.1:{server.port}", app, server
+
+
+@pytest.fixture(scope="session")
+def listen_config(media_config) -> Config:
+    return dataclasses.replace(media_config, listen=True, llm="echo")
+
+
+@pytest.fixture(scope="session")
+def listen_models(media_models, listen_config):
+    """The media models plus VAD, ASR and the echo LLM."""
+    from models.bundle import load_listening
+
+    bundle = dataclasses.replace(media_models, timings=dict(media_models.timings))
+    load_listening(bundle, listen_config)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+async def conversation_server(listen_config, listen_models):
+    """Base URL and app of a listening server whose LLM is `echo`."""
+    base_url, app, server = await start_server(listen_config, listen_models)
+    yield base_url, app
     await server.close()

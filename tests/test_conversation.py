@@ -1,0 +1,186 @@
+"""Voice conversation through a real aiortc peer: the mic plays an espeak-ng question."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import time
+
+import numpy as np
+import pytest
+import soxr
+
+from tests.conftest import start_server
+from tests.rtc_client import AvatarClient, PcmTrack
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="needs espeak-ng for the spoken questions: apt-get install -y espeak-ng")
+
+QUESTION = "What is the capital of France?"
+LONG_ANSWER = ("Let me tell you a long story about the weather in the mountains, where the wind blows "
+               "every single day and the snow falls for many months. People who live there know how to "
+               "keep warm, and they tell stories by the fire all winter long.")
+
+
+def mic_pcm(text: str, lead_s: float = 0.3, tail_s: float = 0.2) -> np.ndarray:
+    """`text` in espeak-ng's voice (not the avatar's) as 48 kHz int16 for the fake microphone."""
+    from tests.speech_samples import espeak
+
+    speech = soxr.resample(espeak(text), 16_000, 48_000)
+    pad = np.zeros(int(lead_s * 48_000), np.float32), np.zeros(int(tail_s * 48_000), np.float32)
+    return (np.concatenate([pad[0], speech, pad[1]]) * 32767 * 0.8).astype(np.int16)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
+
+
+def audio_since(client: AvatarClient, start: float, end: float | None = None) -> np.ndarray:
+    r = client.received
+    chunks = [c for t, c in zip(r.audio_times, r.audio_chunks) if t >= start and (end is None or t <= end)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+async def connect(base_url: str) -> tuple[AvatarClient, PcmTrack]:
+    mic = PcmTrack()
+    client = AvatarClient(base_url, mic=mic)
+    await client.connect()
+    await client.wait_media()
+    await client.wait_event(lambda e: e.get("type") == "state")
+    return client, mic
+
+
+def final(kind: str):
+    return lambda e: e.get("type") == kind and e.get("final") is True
+
+
+async def test_spoken_question_is_transcribed_and_echoed(conversation_server):
+    base_url, _ = conversation_server
+    client, mic = await connect(base_url)
+    try:
+        mic.play(mic_pcm(QUESTION))
+        transcript = await client.wait_event(final("transcript"), timeout=30)
+        words = transcript["text"].lower()
+        assert "capital" in words and "france" in words, transcript
+        reply = await client.wait_event(final("reply"), timeout=30)
+        assert "capital" in reply["text"].lower()
+        start = await client.wait_event(lambda e: e.get("type") == "speech_start", timeout=30)
+        t_start = next(t for t, e in client.events if e is start)
+        await client.wait_event(lambda e: e.get("type") == "speech_end", timeout=30)
+        assert rms(audio_since(client, t_start + 0.1, t_start + 1.0)) > 500, "the echo should be heard"
+        states = [e["state"] for _, e in client.events if e.get("type") == "state"]
+        assert states[-4:] == ["listening", "thinking", "speaking", "idle"], states
+        transcripts = [e for _, e in client.events if e.get("type") == "transcript"]
+        assert transcripts[-1]["final"] is True
+    finally:
+        await client.close()
+
+
+async def test_talking_over_the_avatar_stops_it(conversation_server):
+    base_url, app = conversation_server
+    client, mic = await connect(base_url)
+    try:
+        status, _ = await client.request("POST", f"/sessions/{client.session_id}/chat", json={"text": LONG_ANSWER})
+        assert status == 202
+        start = await client.wait_event(lambda e: e.get("type") == "speech_start", timeout=30)
+        await asyncio.sleep(1.5)
+        mic.play(mic_pcm("Stop please, wait a moment.", lead_s=0.0))
+        end = await client.wait_event(
+            lambda e: e.get("type") == "speech_end" and e["utterance_id"] == start["utterance_id"], timeout=10)
+        assert end["interrupted"] is True
+        t_cut = next(t for t, e in client.events if e is end)
+        assert mic.played_at is not None and t_cut - mic.played_at < 1.0, "barge-in took too long"
+        await asyncio.sleep(1.0)
+        # Nothing of the cancelled answer plays afterwards (the user's own turn may be echoed later).
+        later = [e for t, e in client.events if t > t_cut and e.get("type") == "speech_start"]
+        quiet_until = min((t for t, e in client.events if t > t_cut and e.get("type") == "speech_start"),
+                          default=time.monotonic())
+        assert rms(audio_since(client, t_cut + 0.3, quiet_until)) < 100, "the avatar should be silent"
+        assert all(e["utterance_id"] != start["utterance_id"] for e in later)
+    finally:
+        await client.close()
+
+
+async def test_typed_chat_over_the_data_channel(conversation_server):
+    base_url, _ = conversation_server
+    client, _ = await connect(base_url)
+    try:
+        client.channel.send('{"type": "chat", "text": "Nice to meet you."}')
+        reply = await client.wait_event(final("reply"), timeout=30)
+        assert "meet you" in reply["text"].lower()
+        await client.wait_event(lambda e: e.get("type") == "speech_end", timeout=30)
+        status, body = await client.request("GET", f"/sessions/{client.session_id}")
+        turn = body["turns"][-1]
+        assert turn["source"] == "text" and turn["stages_ms"]["server_total"] is not None
+    finally:
+        await client.close()
+
+
+async def test_garbage_audio_does_not_break_the_session(conversation_server):
+    base_url, _ = conversation_server
+    client, mic = await connect(base_url)
+    try:
+        rng = np.random.default_rng(1)
+        noise = (rng.standard_normal(48_000 * 2) * 12_000).clip(-32768, 32767).astype(np.int16)
+        mic.play(noise)
+        await asyncio.sleep(3.5)
+        uid = await client.say("Still here.")
+        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
+                                      timeout=30)
+        assert end["interrupted"] is False
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+async def broken_llm_server(listen_config, listen_models):
+    from models.llm import make_chat_model
+
+    # Port 9 (discard) is closed on loopback: the endpoint is unreachable.
+    llm = make_chat_model("openai", base_url="http://127.0.0.1:9/v1", model="nothing")
+    bundle = dataclasses.replace(listen_models, llm=llm)
+    base_url, app, server = await start_server(dataclasses.replace(listen_config, llm="openai"), bundle)
+    yield base_url
+    await server.close()
+    await llm.aclose()
+
+
+async def test_unreachable_llm_endpoint_gives_an_error_and_the_session_lives(broken_llm_server):
+    client, _ = await connect(broken_llm_server)
+    try:
+        status, _ = await client.request("POST", f"/sessions/{client.session_id}/chat", json={"text": "Hello?"})
+        assert status == 202
+        error = await client.wait_event(lambda e: e.get("type") == "error", timeout=30)
+        assert "127.0.0.1:9" in error["message"]
+        uid = await client.say("I am still alive.")
+        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
+                                      timeout=30)
+        assert end["interrupted"] is False
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+async def local_llm_server(listen_config, listen_models):
+    from models.bundle import build_chat_model
+
+    config = dataclasses.replace(listen_config, llm="local")
+    bundle = dataclasses.replace(listen_models, llm=build_chat_model(config))
+    base_url, app, server = await start_server(config, bundle)
+    yield base_url
+    await server.close()
+    await bundle.llm.aclose()
+
+
+async def test_local_llm_answers_out_loud(local_llm_server):
+    client, mic = await connect(local_llm_server)
+    try:
+        mic.play(mic_pcm("Hello, how are you today?"))
+        reply = await client.wait_event(final("reply"), timeout=60)
+        assert len(reply["text"].split()) >= 2, reply
+        start = await client.wait_event(lambda e: e.get("type") == "speech_start", timeout=60)
+        t_start = next(t for t, e in client.events if e is start)
+        await asyncio.sleep(1.0)
+        assert rms(audio_since(client, t_start, t_start + 1.0)) > 500
+    finally:
+        await client.close()
