@@ -1,0 +1,257 @@
+"""Streaming end-of-turn detection on 16 kHz mono with the Silero VAD shipped in faster-whisper.
+
+One VoiceActivityDetector holds the ONNX session (shared and thread-safe); each audio
+stream gets its own VadStream holding the recurrent state, so sessions never mix.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+# The Silero model judges 512-sample (32 ms) frames, each preceded by the previous
+# frame's last 64 samples as context; h and c are its LSTM state.
+FRAME = 512
+CONTEXT = 64
+FRAME_S = FRAME / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStart:
+    """Speech began at t (stream seconds); it was recognised at detected_at. Use for barge-in."""
+
+    t: float
+    detected_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnd:
+    """A finished turn: speech from start to t, detected at detected_at.
+
+    audio is float32 16 kHz: the utterance with pre_roll_ms before start and a little of the
+    trailing silence. forced is True when max_utterance_s cut the turn.
+    """
+
+    t: float
+    audio: np.ndarray
+    start: float
+    detected_at: float
+    forced: bool = False
+
+    @property
+    def duration(self) -> float:
+        return self.t - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechDiscarded:
+    """Speech that started (a SpeechStart was sent) stopped before min_speech_ms: not a turn."""
+
+    t: float
+    start: float
+    detected_at: float
+
+
+VadEvent = SpeechStart | SpeechEnd | SpeechDiscarded
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """Tuning of one stream. Times are in stream time (samples pushed), not wall-clock time."""
+
+    threshold: float = 0.5
+    # Below this probability a frame is silence; between the two, speech goes on (hysteresis).
+    neg_threshold: float | None = None
+    # Consecutive speech before SpeechStart: long enough to skip clicks, short for barge-in.
+    onset_ms: float = 64.0
+    # Speech shorter than this ends in SpeechDiscarded instead of SpeechEnd.
+    min_speech_ms: float = 200.0
+    end_silence_ms: float = 400.0
+    pre_roll_ms: float = 200.0
+    # Silence after the last speech frame kept at the end of the utterance audio.
+    post_roll_ms: float = 150.0
+    max_utterance_s: float = 20.0
+
+    @property
+    def silence_threshold(self) -> float:
+        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
+
+
+def default_vad_model_path() -> Path:
+    """The Silero VAD ONNX file inside the installed faster-whisper package."""
+    try:
+        from faster_whisper.utils import get_assets_path
+    except ImportError as exc:
+        raise RuntimeError("faster-whisper is not installed: `pip install faster-whisper`") from exc
+    found = sorted(Path(get_assets_path()).glob("silero_vad*.onnx"))
+    if not found:
+        raise RuntimeError(
+            f"no silero_vad*.onnx in {get_assets_path()}; reinstall faster-whisper "
+            "or pass the path of a Silero VAD ONNX model"
+        )
+    return found[-1]  # the newest version when several are shipped
+
+
+class VoiceActivityDetector:
+    """Loads the Silero VAD once; stream() makes an independent detector for each audio stream."""
+
+    def __init__(self, config: VadConfig | None = None, model_path: str | Path | None = None) -> None:
+        import onnxruntime
+
+        path = Path(model_path) if model_path is not None else default_vad_model_path()
+        options = onnxruntime.SessionOptions()
+        # The model is tiny: one thread per call is fastest and leaves the cores to ASR/TTS.
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        names = {i.name for i in self._session.get_inputs()}
+        if names != {"input", "h", "c"}:
+            raise RuntimeError(
+                f"{path} is not a Silero VAD model with inputs input/h/c (found {sorted(names)}); "
+                "use the silero_vad ONNX file shipped with faster-whisper"
+            )
+        self.model_path = path
+        self.config = config or VadConfig()
+
+    def stream(self, config: VadConfig | None = None, **overrides: float) -> VadStream:
+        """A new stream; overrides replace single fields of the detector's config."""
+        return VadStream(self, replace(config or self.config, **overrides))
+
+    def probabilities(
+        self, frames: np.ndarray, h: np.ndarray, c: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Speech probability of each (context + frame) row, and the LSTM state after them."""
+        probs, h, c = self._session.run(None, {"input": frames, "h": h, "c": c})
+        return np.asarray(probs).reshape(-1), h, c
+
+
+class VadStream:
+    """Turn detection for one audio stream: push() audio, get SpeechStart/SpeechEnd events."""
+
+    def __init__(self, detector: VoiceActivityDetector, config: VadConfig) -> None:
+        self._detector = detector
+        self.config = config
+        cfg = config
+        self._onset_frames = max(1, math.ceil(cfg.onset_ms / 1000 / FRAME_S))
+        self._min_speech_frames = max(1, math.ceil(cfg.min_speech_ms / 1000 / FRAME_S))
+        self._end_frames = max(1, math.ceil(cfg.end_silence_ms / 1000 / FRAME_S))
+        self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / 1000 / FRAME_S)
+        self._post_roll_frames = min(self._end_frames, math.ceil(cfg.post_roll_ms / 1000 / FRAME_S))
+        self._max_frames = max(1, int(cfg.max_utterance_s / FRAME_S))
+        self._frames_seen = 0  # stream clock, in frames; survives reset()
+        self.probability = 0.0
+        self.reset()
+
+    @property
+    def time(self) -> float:
+        """Stream time in seconds: the end of the last frame judged."""
+        return self._frames_seen * FRAME_S
+
+    @property
+    def in_speech(self) -> bool:
+        return self._speaking
+
+    def reset(self) -> None:
+        """Forget the model state, buffered audio and any turn in progress (the clock goes on)."""
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        # Recent frames while idle, for the pre-roll and the onset run.
+        self._recent: deque[np.ndarray] = deque(maxlen=self._pre_roll_frames + self._onset_frames)
+        self._speaking = False
+        self._run = 0  # consecutive speech frames while idle
+        self._utterance: list[np.ndarray] = []
+        self._start_frame = 0  # first speech frame of the current turn
+        self._last_speech_frame = 0  # last frame at or above threshold
+        self._silent = 0  # silence frames since the last speech frame
+
+    def push(self, samples: np.ndarray) -> list[VadEvent]:
+        """Feed 16 kHz mono audio (float32 in [-1, 1] or int16) of any length."""
+        audio = _as_float32(samples)
+        if self._pending.size:
+            audio = np.concatenate((self._pending, audio))
+        n = audio.size // FRAME
+        self._pending = audio[n * FRAME:].copy()
+        if n == 0:
+            return []
+        frames = audio[: n * FRAME].reshape(n, FRAME)
+        contexts = np.empty((n, CONTEXT), dtype=np.float32)
+        contexts[0] = self._context
+        contexts[1:] = frames[:-1, -CONTEXT:]
+        self._context = frames[-1, -CONTEXT:].copy()
+        probs, self._h, self._c = self._detector.probabilities(
+            np.concatenate((contexts, frames), axis=1), self._h, self._c
+        )
+        events: list[VadEvent] = []
+        for frame, prob in zip(frames, probs):
+            self._step(frame, float(prob), events)
+        return events
+
+    def _step(self, frame: np.ndarray, prob: float, events: list[VadEvent]) -> None:
+        index = self._frames_seen
+        self._frames_seen += 1
+        self.probability = prob
+        cfg = self.config
+        if not self._speaking:
+            self._recent.append(frame)
+            self._run = self._run + 1 if prob >= cfg.threshold else 0
+            if self._run >= self._onset_frames:
+                self._begin(index - self._run + 1, events)
+            return
+
+        self._utterance.append(frame)
+        if prob >= cfg.threshold:
+            self._last_speech_frame = index
+            self._silent = 0
+        elif prob < cfg.silence_threshold or self._silent:
+            # Between the thresholds speech goes on, unless a pause has already begun.
+            self._silent += 1
+
+        if self._silent >= self._end_frames:
+            self._finish(events, forced=False)
+        elif index + 1 - self._start_frame >= self._max_frames:
+            self._finish(events, forced=True)
+
+    def _begin(self, first_frame: int, events: list[VadEvent]) -> None:
+        self._speaking = True
+        self._start_frame = first_frame
+        self._last_speech_frame = self._frames_seen - 1
+        self._silent = 0
+        # The onset run plus up to pre_roll of what came before it.
+        self._utterance = list(self._recent)[-(self._run + self._pre_roll_frames):]
+        self._recent.clear()
+        self._run = 0
+        events.append(SpeechStart(t=first_frame * FRAME_S, detected_at=self.time))
+
+    def _finish(self, events: list[VadEvent], forced: bool) -> None:
+        start = self._start_frame * FRAME_S
+        end = (self._last_speech_frame + 1) * FRAME_S
+        speech_frames = self._last_speech_frame + 1 - self._start_frame
+        if forced or speech_frames >= self._min_speech_frames:
+            # Drop the trailing silence beyond post_roll: it only costs ASR time.
+            keep = len(self._utterance) - max(0, self._silent - self._post_roll_frames)
+            audio = np.concatenate(self._utterance[:keep]) if keep > 0 else np.zeros(0, np.float32)
+            events.append(SpeechEnd(t=end, audio=audio, start=start, detected_at=self.time, forced=forced))
+        else:
+            events.append(SpeechDiscarded(t=end, start=start, detected_at=self.time))
+        self._speaking = False
+        self._utterance = []
+        self._silent = 0
+        self._run = 0
+
+
+def _as_float32(samples: np.ndarray) -> np.ndarray:
+    audio = np.asarray(samples).reshape(-1)
+    if audio.dtype == np.int16:
+        return audio.astype(np.float32) / 32768.0
+    if audio.dtype != np.float32:
+        return audio.astype(np.float32)
+    return audio

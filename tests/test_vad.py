@@ -1,0 +1,181 @@
+"""Streaming VAD on real speech (espeak-ng), silence, clicks and noise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.vad import (
+    FRAME_S,
+    SpeechDiscarded,
+    SpeechEnd,
+    SpeechStart,
+    VadConfig,
+    VoiceActivityDetector,
+)
+from tests.speech_samples import (
+    SAMPLE_RATE,
+    click,
+    concat,
+    espeak,
+    rms,
+    silence,
+    speech_bounds,
+    white_noise,
+)
+
+
+@pytest.fixture(scope="module")
+def detector() -> VoiceActivityDetector:
+    return VoiceActivityDetector()
+
+
+@pytest.fixture(scope="module")
+def sentence() -> np.ndarray:
+    return espeak("What is the capital of France?")
+
+
+def push_in_chunks(stream, audio: np.ndarray, chunk: int = 320) -> list:
+    """Feed audio the way a WebRTC receiver does: 20 ms at a time."""
+    events = []
+    for i in range(0, audio.size, chunk):
+        events += stream.push(audio[i : i + chunk])
+    return events
+
+
+def kinds(events: list) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_silence_gives_no_events(detector):
+    stream = detector.stream()
+    assert push_in_chunks(stream, silence(3.0)) == []
+    assert not stream.in_speech
+    assert stream.time == pytest.approx(3.0, abs=FRAME_S)
+
+
+def test_one_sentence_is_one_turn(detector, sentence):
+    lead, tail = 1.0, 1.0
+    audio = concat(silence(lead), sentence, silence(tail))
+    first, last = speech_bounds(sentence)
+    true_start, true_end = lead + first, lead + last
+    stream = detector.stream()
+    events = push_in_chunks(stream, audio)
+
+    assert kinds(events) == ["SpeechStart", "SpeechEnd"]
+    start, end = events
+    assert abs(start.t - true_start) < 0.15
+    # Barge-in needs the onset soon after speech begins (in stream time, not wall time).
+    assert 0 <= start.detected_at - true_start < 0.2
+    assert abs(end.t - true_end) < 0.25
+    assert end.start == start.t
+    # End of turn is declared after end_silence_ms of silence, not before.
+    silence_s = stream.config.end_silence_ms / 1000
+    assert end.detected_at - end.t == pytest.approx(silence_s, abs=2 * FRAME_S)
+    # The utterance holds the whole sentence plus pre-roll, and little else.
+    assert end.audio.dtype == np.float32
+    expected = (end.t - end.start) + stream.config.pre_roll_ms / 1000
+    assert end.audio.size / SAMPLE_RATE == pytest.approx(expected, abs=0.25)
+    assert rms(end.audio) > 0.5 * rms(sentence)
+
+
+def test_chunk_size_and_int16_do_not_change_the_result(detector, sentence):
+    audio = concat(silence(0.7), sentence, silence(1.0))
+    reference = push_in_chunks(detector.stream(), audio, chunk=320)
+    whole = detector.stream().push(audio)
+    as_int16 = push_in_chunks(detector.stream(), (audio * 32767).astype(np.int16), chunk=480)
+    for events in (whole, as_int16):
+        assert kinds(events) == kinds(reference)
+        assert [e.t for e in events] == pytest.approx([e.t for e in reference], abs=FRAME_S)
+
+
+def test_streams_are_independent(detector, sentence):
+    """Two sessions interleaved on one detector behave as if each had it alone."""
+    speech = concat(silence(0.5), sentence, silence(1.0))
+    quiet = silence(speech.size / SAMPLE_RATE)
+    a, b = detector.stream(), detector.stream()
+    events_a, events_b = [], []
+    for i in range(0, speech.size, 320):
+        events_a += a.push(speech[i : i + 320])
+        events_b += b.push(quiet[i : i + 320])
+    assert kinds(events_a) == ["SpeechStart", "SpeechEnd"]
+    assert events_b == []
+
+
+def test_short_click_is_not_a_turn(detector):
+    events = push_in_chunks(detector.stream(), concat(silence(1.0), click(60), silence(1.0)))
+    assert not any(isinstance(e, SpeechEnd) for e in events)
+
+
+def test_speech_shorter_than_min_speech_is_discarded(detector, sentence):
+    """A burst that trips the onset but stops early ends in SpeechDiscarded, not a turn."""
+    stream = detector.stream(min_speech_ms=3000)  # longer than the sentence
+    events = push_in_chunks(stream, concat(silence(0.5), sentence, silence(1.0)))
+    assert kinds(events) == ["SpeechStart", "SpeechDiscarded"]
+    assert isinstance(events[1], SpeechDiscarded)
+    assert events[1].start == events[0].t
+
+
+@pytest.mark.parametrize("level", [0.01, 0.05, 0.2])
+def test_steady_white_noise_is_not_a_turn(detector, level):
+    # Silero tells hiss from voice; measured: no onset at all for white noise up to rms 0.3.
+    events = push_in_chunks(detector.stream(), white_noise(4.0, level, seed=3))
+    assert events == []
+
+
+def test_two_sentences_with_a_long_pause_are_two_turns(detector, sentence):
+    second = espeak("Tell me a joke about cats.")
+    audio = concat(silence(0.5), sentence, silence(1.5), second, silence(1.0))
+    events = push_in_chunks(detector.stream(), audio)
+    assert kinds(events) == ["SpeechStart", "SpeechEnd", "SpeechStart", "SpeechEnd"]
+    first_end, second_start = events[1], events[2]
+    assert second_start.t - first_end.t > 1.0
+
+
+def test_a_short_pause_does_not_end_the_turn(detector, sentence):
+    """A 200 ms breath inside a turn is shorter than end_silence_ms: still one turn."""
+    audio = concat(silence(0.5), sentence, silence(0.2), sentence, silence(1.0))
+    events = push_in_chunks(detector.stream(end_silence_ms=600), audio)
+    assert kinds(events) == ["SpeechStart", "SpeechEnd"]
+
+
+def test_end_silence_is_configurable(detector, sentence):
+    audio = concat(silence(0.5), sentence, silence(2.0))
+    quick = push_in_chunks(detector.stream(end_silence_ms=300), audio)[-1]
+    patient = push_in_chunks(detector.stream(end_silence_ms=1200), audio)[-1]
+    assert isinstance(quick, SpeechEnd) and isinstance(patient, SpeechEnd)
+    assert patient.detected_at - quick.detected_at == pytest.approx(0.9, abs=2 * FRAME_S)
+
+
+def test_max_utterance_forces_an_end(detector, sentence):
+    long_speech = concat(*[sentence] * 3)
+    stream = detector.stream(max_utterance_s=2.0)
+    events = push_in_chunks(stream, concat(silence(0.3), long_speech, silence(1.0)))
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert ends and ends[0].forced
+    assert ends[0].t - ends[0].start <= 2.0 + FRAME_S
+    assert ends[0].audio.size / SAMPLE_RATE <= 2.0 + 0.5
+
+
+def test_reset_drops_a_turn_in_progress(detector, sentence):
+    stream = detector.stream()
+    events = push_in_chunks(stream, concat(silence(0.5), sentence[: sentence.size // 2]))
+    assert kinds(events) == ["SpeechStart"] and stream.in_speech
+    stream.reset()
+    assert not stream.in_speech
+    assert push_in_chunks(stream, silence(1.5)) == []
+
+
+def test_config_defaults_match_the_contract():
+    cfg = VadConfig()
+    assert cfg.onset_ms < cfg.min_speech_ms
+    assert cfg.silence_threshold < cfg.threshold
+
+
+def test_onset_comes_before_min_speech(detector, sentence):
+    """SpeechStart fires after onset_ms, long before the turn reaches min_speech_ms."""
+    stream = detector.stream(onset_ms=64, min_speech_ms=500)
+    events = push_in_chunks(stream, concat(silence(0.5), sentence, silence(1.0)))
+    start = events[0]
+    assert isinstance(start, SpeechStart)
+    assert start.detected_at - start.t == pytest.approx(2 * FRAME_S)  # 64 ms = two frames
+    assert isinstance(events[1], SpeechEnd)
