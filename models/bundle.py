@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,11 @@ def load_models(config, progress: Progress = log.info) -> ModelBundle:
     def tts():
         from models.tts import PiperTTS
 
-        voice = PiperTTS(voice_path=config.voice, sample_rate=config.sample_rate, cache_dir=config.cache_dir)
+        # One onnxruntime thread gave the fastest first chunk on 2 cores (bench/bench_tts.py),
+        # where synthesis competes with ASR, the LLM and rendering.
+        threads = 1 if (os.cpu_count() or 1) <= 2 else 2
+        voice = PiperTTS(voice_path=config.voice, sample_rate=config.sample_rate, cache_dir=config.cache_dir,
+                         intra_op_threads=threads)
         voice.warmup()
         return voice
 
