@@ -50,19 +50,32 @@ class ClauseSplitter:
     numbers such as 3.5). The first clause of a reply may also end at , ; : or a dash once it
     has min_first_words words, so speech starts sooner. A sentence that grows past
     max_chars without an end is cut at its last comma or space. Returned text is speakable().
+    With max_sentences set, the splitter is done after that many sentences: later text is
+    dropped, and the caller can stop the model (small models ignore "be brief").
     """
 
-    def __init__(self, min_first_words: int = 4, max_chars: int = 200) -> None:
+    def __init__(
+        self, min_first_words: int = 4, max_chars: int = 200, max_sentences: int | None = None
+    ) -> None:
         self.min_first_words = min_first_words
         self.max_chars = max_chars
+        self.max_sentences = max_sentences
         self._buffer = ""
         self._emitted = 0
+        self._sentences = 0
+
+    @property
+    def done(self) -> bool:
+        """True once max_sentences sentences have been returned."""
+        return self.max_sentences is not None and self._sentences >= self.max_sentences
 
     def feed(self, delta: str) -> list[str]:
         """Add a delta; return the clauses it completed (possibly none)."""
-        self._buffer += delta
         out: list[str] = []
-        while True:
+        if self.done:
+            return out
+        self._buffer += delta
+        while not self.done:
             cut = self._find_cut()
             if cut is None:
                 break
@@ -72,19 +85,22 @@ class ClauseSplitter:
 
     def flush(self) -> str:
         """The speakable remainder at the end of a reply ("" if none); resets the splitter."""
-        rest = speakable(self._buffer)
+        rest = "" if self.done else speakable(self._buffer)
         self.reset()
         return rest if _has_words(rest) else ""
 
     def reset(self) -> None:
         self._buffer = ""
         self._emitted = 0
+        self._sentences = 0
 
     def _emit(self, piece: str, out: list[str]) -> None:
         text = speakable(piece)
         if _has_words(text):
             out.append(text)
             self._emitted += 1
+            if piece.rstrip().rstrip(_TRAILING)[-1:] in _SENTENCE_END or piece.endswith("\n"):
+                self._sentences += 1
 
     def _find_cut(self) -> int | None:
         """Index just past the first safe clause end in the buffer, or None."""
@@ -98,12 +114,12 @@ class ClauseSplitter:
                 while end < len(buf) and (buf[end] in _SENTENCE_END or buf[end] in _TRAILING):
                     end += 1
                 if end == len(buf):
-                    return None  # the next delta decides: "3." may become "3.5"
+                    break  # the next delta decides: "3." may become "3.5"
                 if buf[end].isspace() and not (ch == "." and self._period_continues(buf, i)):
                     return end
             elif ch in _CLAUSE_END and self._emitted == 0:
                 if i + 1 == len(buf):
-                    return None
+                    break
                 if buf[i + 1].isspace() and len(buf[:i].split()) >= self.min_first_words:
                     return i + 1
         if len(buf) > self.max_chars:
