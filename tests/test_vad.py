@@ -179,3 +179,11 @@ def test_onset_comes_before_min_speech(detector, sentence):
     assert isinstance(start, SpeechStart)
     assert start.detected_at - start.t == pytest.approx(2 * FRAME_S)  # 64 ms = two frames
     assert isinstance(events[1], SpeechEnd)
+
+
+def test_speech_over_background_noise_is_still_one_turn(detector, sentence):
+    audio = concat(silence(1.0), sentence, silence(1.5))
+    noisy = audio + white_noise(audio.size / SAMPLE_RATE, rms(sentence) / 2, seed=5)  # 6 dB SNR
+    events = push_in_chunks(detector.stream(), noisy.astype(np.float32))
+    assert kinds(events) == ["SpeechStart", "SpeechEnd"]
+    assert abs(events[0].t - (1.0 + speech_bounds(sentence)[0])) < 0.15
