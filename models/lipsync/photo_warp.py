@@ -1,0 +1,663 @@
+"""The default lip-sync renderer: warps the mouth of one photo and paints the mouth interior.
+
+Per avatar (once): a crop around the mouth and jaw, and for each mouth parameter two smooth
+backward displacement fields over that crop, one for everything above the lips' parting
+line (upper lip, and the upper teeth when the photo shows them) and one for everything
+below it (lower lip, chin, jaw). They come from landmark displacements interpolated with a
+thin-plate spline that is pinned to zero at the nose and along the crop border, so the
+warp never leaves a seam.
+
+Per frame (batched): both fields are the weighted sums of their bases; each pixel takes
+the field whose source sample lands on its own side of the parting line (where both do,
+the one reaching deeper into its lip, which is how pressed lips meet; where neither does,
+the pixel is inside the open mouth and gets painted). One `grid_sample` warps the crop,
+the interior is painted over it, and the crop is converted to yuv420p and pasted into a
+copy of the cached full frame.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.avatar.photo import PhotoAvatar
+from models.lipsync.mouth import BITE, N_MOUTH_PARAMS, OPEN, PRESS, ROUND, WIDE
+from models.lipsync.mouth_interior import InteriorColours, MouthInteriorPainter
+from models.lipsync.renderer import FrameSource, LipSyncRenderer
+from models.speech import SpeechChunk
+
+# Inner-lip gap at open=1 as a share of the inner mouth width (dlib's 62-66 over 60-64).
+OPEN_RATIO = 0.42
+RENDER_BATCH = 8
+CONTACT_SHADE = 0.4  # darkening of the lower lip's edge where the lips press together
+SEAM = 1.0  # half-width in pixels of the photo's teeth/lower-lip edge row
+
+# BT.601 limited range, the matrix libvpx/aiortc and browsers assume for yuv420p.
+_Y = (0.256788, 0.504129, 0.097906)
+_U = (-0.148223, -0.290993, 0.439216)
+_V = (0.439216, -0.367788, -0.071427)
+
+
+def rgb_to_yuv_planes(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) float RGB in [0, 255] (H, W even) -> uint8 Y (B, H, W), U and V (B, H/2, W/2)."""
+    rgb = rgb.clamp(0.0, 255.0)
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    y = _Y[0] * r + _Y[1] * g + _Y[2] * b + 16.5
+    # Chroma of the 2x2 block mean: the matrix is linear, so average first (4x fewer products).
+    m = F.avg_pool2d(rgb, 2)
+    r, g, b = m[:, 0], m[:, 1], m[:, 2]
+    u = _U[0] * r + _U[1] * g + _U[2] * b + 128.5
+    v = _V[0] * r + _V[1] * g + _V[2] * b + 128.5
+    # +0.5 then truncation rounds; every value is already inside [16, 240].
+    return y.to(torch.uint8), u.to(torch.uint8), v.to(torch.uint8)
+
+
+def rgb_to_yuv420(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> packed yuv420p (H * 3 // 2, W) uint8, same arithmetic as the renderer."""
+    h, w = rgb.shape[:2]
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
+    y, u, v = rgb_to_yuv_planes(t)
+    out = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    flat = out.reshape(-1)
+    flat[: h * w] = y[0].numpy().reshape(-1)
+    flat[h * w : h * w + h * w // 4] = u[0].numpy().reshape(-1)
+    flat[h * w + h * w // 4 :] = v[0].numpy().reshape(-1)
+    return out
+
+
+def yuv420_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """Packed yuv420p (H * 3 // 2, W) uint8 -> (H, W, 3) uint8 RGB (BT.601 limited range; for checks and previews)."""
+    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
+    flat = frame.reshape(-1)
+    y = flat[: h * w].reshape(h, w).astype(np.float32) - 16.0
+    u = flat[h * w : h * w + h * w // 4].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    v = flat[h * w + h * w // 4 :].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    u = u.repeat(2, axis=0).repeat(2, axis=1)
+    v = v.repeat(2, axis=0).repeat(2, axis=1)
+    r = 1.164383 * y + 1.596027 * v
+    g = 1.164383 * y - 0.391762 * u - 0.812968 * v
+    b = 1.164383 * y + 2.017232 * u
+    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-avatar rig: crop, basis fields, parting-line tables, interior colours.
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """The warped region of the frame: top-left (x0, y0) and size, all even (yuv420p chroma alignment)."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+
+class MouthRig:
+    """Everything the renderer precomputes from one photo and its 68 landmarks (numpy, once).
+
+    basis: (N_MOUTH_PARAMS, 4, h, w) backward displacements in pixels (upper x, upper y,
+    lower x, lower y): a pixel at p shows the photo at p + field.
+    tables: (5, w) per crop column: the upper side's lower boundary, the lower side's upper
+    boundary, the upper lip's inner edge, how far painted upper teeth reach below the
+    upper side's boundary, and the half-width of the photo's own teeth/lip edge row. Outside the mouth the two boundaries part (upper below lower) so
+    cheeks are never mistaken for an open mouth.
+    """
+
+    def __init__(self, rgb: np.ndarray, landmarks: np.ndarray) -> None:
+        p = np.asarray(landmarks, dtype=np.float64)
+        width = float(np.linalg.norm(p[64] - p[60]))
+        if width < 10.0 or not p[60, 0] < p[64, 0]:
+            raise ValueError(
+                f"the mouth is {width:.0f} px wide in landmarks 60-64; the photo renderer needs a frontal "
+                "face with a mouth at least 10 px wide (use a larger photo)"
+            )
+        self.mouth_width = width
+        self.centre_x = 0.5 * (p[60, 0] + p[64, 0])
+        self._p = p
+        self.crop = self._crop_box(p, rgb.shape[0], rgb.shape[1])
+        c = self.crop
+        self._crop_pixels = rgb[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width]
+        self.local = p - np.array([c.x0, c.y0], dtype=np.float64)
+        xs = np.arange(c.width, dtype=np.float64)
+        self._edges(xs)
+        self.tables = np.stack(
+            [self.upper_bound, self.lower_bound, self.upper_lip, self.teeth_reach, self.seam]
+        ).astype(np.float32)
+        self.basis = self._basis().astype(np.float32)
+        self.colours = self._colours(rgb)
+        self.crop_rgb = np.ascontiguousarray(rgb[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width])
+
+    # -- geometry -------------------------------------------------------------------------
+
+    def _open_drop(self, p: np.ndarray) -> float:
+        """How far the lower lip centre drops at open=1 (to reach OPEN_RATIO with the photo's own gap)."""
+        gap = max(0.0, p[66, 1] - p[62, 1])
+        return max(0.12 * self.mouth_width, OPEN_RATIO * self.mouth_width - gap - 0.03 * self.mouth_width)
+
+    def _crop_box(self, p: np.ndarray, img_h: int, img_w: int) -> CropBox:
+        w = self.mouth_width
+        jaw = p[3:14]
+        x0 = math.floor(jaw[:, 0].min() - 0.25 * w)
+        x1 = math.ceil(jaw[:, 0].max() + 0.25 * w)
+        y0 = math.floor(p[31:36, 1].min() - 0.05 * w)
+        y1 = math.ceil(p[5:12, 1].max() + 1.3 * self._open_drop(p) + 0.65 * w)
+        x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
+        x1, y1 = min(img_w, x1 + x1 % 2), min(img_h, y1 + y1 % 2)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            raise ValueError("the mouth region of the avatar lies outside the image; use a photo with the whole face")
+        return CropBox(x0, y0, x1 - x0, y1 - y0)
+
+    def _edges(self, xs: np.ndarray) -> None:
+        """Per-column parting line, lip edges and teeth reach, in crop coordinates."""
+        q = self.local
+        w = self.mouth_width
+        upper_inner = _interp_curve(xs, q[[60, 61, 62, 63, 64]])
+        lower_inner = _interp_curve(xs, q[[60, 67, 66, 65, 64]])
+        inside = (xs >= q[60, 0]) & (xs <= q[64, 0])
+        upper_inner, lower_inner = _snap_to_teeth(self._crop_pixels, xs, inside, upper_inner, lower_inner)
+        lower_inner = np.maximum(lower_inner, upper_inner)
+        # Beyond the inner corners the parting line runs to the outer corners, then level.
+        left = np.interp(xs, [q[48, 0], q[60, 0]], [q[48, 1], q[60, 1]])
+        right = np.interp(xs, [q[64, 0], q[54, 0]], [q[64, 1], q[54, 1]])
+        line = np.where(xs < q[60, 0], left, right)
+        beyond = np.maximum.reduce([q[48, 0] - xs, xs - q[54, 0], np.zeros_like(xs)])
+        between = np.maximum.reduce([q[60, 0] - xs, xs - q[64, 0], np.zeros_like(xs)])
+        margin = 0.6 * beyond + 0.15 * np.minimum(between, 3.0)
+        # Where teeth show, the photo's teeth/lip edge row is a blend of both; it belongs to
+        # neither side, or an opened mouth would show a pink rim under the teeth and a white
+        # one on the lower lip. At rest that seam is still shown (gaps narrower than it are
+        # not painted).
+        seam = np.where(inside, SEAM * np.clip(0.5 * (lower_inner - upper_inner), 0.0, 1.0), 0.0)
+        self.seam = seam
+        self.upper_bound = np.where(inside, lower_inner - seam, line + margin)
+        self.lower_bound = np.where(inside, lower_inner + seam, line - margin)
+        self.upper_lip = np.where(inside, upper_inner, line)
+        self.gap = np.where(inside, lower_inner - upper_inner, 0.0)
+        t = (xs + self.crop.x0 - self.centre_x) / (0.5 * w)
+        across = np.clip(1.0 - t * t, 0.0, 1.0)
+        if self.gap.max() >= 0.08 * w:
+            # The photo shows its teeth: keep them, and only paint their hidden biting edge.
+            reach = SEAM + 0.03 * w * np.sqrt(across)
+        else:
+            reach = np.maximum(0.0, 0.2 * w * across**0.25 - self.gap)
+        self.teeth_reach = np.where(inside, reach, 0.0)
+        self.upper_inner, self.lower_inner = upper_inner, lower_inner
+
+    def _colours(self, rgb: np.ndarray) -> InteriorColours:
+        p = np.rint(self._p).astype(int)
+        # Lower lip: between the inner and outer lower-lip centres.
+        y_a, y_b = sorted((p[66, 1], p[57, 1]))
+        x_a, x_b = p[67, 0], p[65, 0] + 1
+        lips = rgb[y_a + 1 : max(y_a + 2, y_b), x_a:x_b]
+        # Teeth, if the photo shows them: the gap between the inner lips, away from the corners.
+        c = self.crop
+        cols = [i for i in range(c.width) if abs(i + c.x0 - self.centre_x) < 0.3 * self.mouth_width]
+        teeth = [
+            rgb[c.y0 + y, c.x0 + i]
+            for i in cols
+            for y in range(int(math.ceil(self.upper_inner[i])) + 1, int(math.floor(self.lower_inner[i])))
+        ]
+        teeth_px = np.array(teeth, dtype=np.uint8).reshape(-1, 3)
+        return InteriorColours.from_photo(lips.reshape(-1, 3), teeth_px)
+
+    # -- basis fields ---------------------------------------------------------------------
+
+    def _basis(self) -> np.ndarray:
+        c = self.crop
+        gy, gx = np.mgrid[0 : c.height, 0 : c.width].astype(np.float64)
+        grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+        window = _border_window(c.width, c.height, 0.12 * self.mouth_width).ravel()
+        agree = self._agreement_weight(gx, gy).ravel()
+        anchors = self._anchors()
+        out = np.zeros((N_MOUTH_PARAMS, 4, c.height, c.width))
+        for k, (upper, lower) in enumerate(self._articulations()):
+            fields = []
+            for controls in (upper, lower):
+                src = np.array([s for s, _ in controls] + list(anchors))
+                disp = np.array([d for _, d in controls] + [(0.0, 0.0)] * len(anchors))
+                fields.append(_tps(src + disp, -disp, grid, scale=self.mouth_width))
+            up, lo = fields
+            mid = 0.5 * (up + lo)
+            # Beside the mouth both sides must move alike on the parting line, or the cheek would tear.
+            up = up + (mid - up) * agree[:, None]
+            lo = lo + (mid - lo) * agree[:, None]
+            out[k, 0:2] = (up * window[:, None]).T.reshape(2, c.height, c.width)
+            out[k, 2:4] = (lo * window[:, None]).T.reshape(2, c.height, c.width)
+        return out
+
+    def _agreement_weight(self, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+        q, w = self.local, self.mouth_width
+        line = np.interp(gx[0], [q[48, 0], q[60, 0], q[64, 0], q[54, 0]], [q[48, 1], q[60, 1], q[64, 1], q[54, 1]])
+        beyond = np.maximum.reduce([q[48, 0] - gx[0], gx[0] - q[54, 0], np.zeros_like(gx[0])])
+        ramp = np.clip(beyond / (0.15 * w), 0.0, 1.0)
+        sigma = 0.08 * w + 0.5 * beyond
+        return ramp[None, :] * np.exp(-(((gy - line[None, :]) / sigma[None, :]) ** 2))
+
+    def _anchors(self) -> list[tuple[float, float]]:
+        """Points that never move: the nose bottom and the crop border."""
+        c, q = self.crop, self.local
+        step = max(4.0, 0.15 * self.mouth_width)
+        pts = [tuple(q[i]) for i in range(31, 36)]
+        for x in np.linspace(0, c.width - 1, max(2, int(c.width / step)) + 1):
+            pts += [(x, 0.0), (x, c.height - 1.0)]
+        for y in np.linspace(0, c.height - 1, max(2, int(c.height / step)) + 1)[1:-1]:
+            pts += [(0.0, y), (c.width - 1.0, y)]
+        return pts
+
+    def _articulations(self) -> list[tuple[list, list]]:
+        """Forward landmark displacements per mouth parameter: (upper controls, lower controls).
+
+        Each control is (source point, displacement), crop coordinates, pixels.
+        """
+        q, w = self.local, self.mouth_width
+        cx = self.centre_x - self.crop.x0
+        hw = 0.5 * w
+
+        def t_of(x: float) -> float:
+            return (x - cx) / hw
+
+        def prof(x: float) -> float:
+            return math.sqrt(max(0.0, 1.0 - t_of(x) ** 2))
+
+        def gap_at(x: float) -> float:
+            """From the upper lip's edge to where the lower side starts (photo's gap plus seam)."""
+            return float(np.interp(x, np.arange(len(self.gap)), self.gap + 2.0 * self.seam))
+
+        def thick_upper(i: int) -> float:  # upper lip thickness under outer point i
+            return max(1.0, float(np.interp(q[i, 0], np.arange(len(self.upper_inner)), self.upper_inner)) - q[i, 1])
+
+        def thick_lower(i: int) -> float:
+            return max(1.0, q[i, 1] - float(np.interp(q[i, 0], np.arange(len(self.lower_inner)), self.lower_inner)))
+
+        # Extra points: the parting line beyond the corners (shared), cheeks, chin crease.
+        line_pts = []
+        for side, corner in ((-1, q[48]), (1, q[54])):
+            for f in (0.2, 0.45):
+                line_pts.append((side, f, corner + np.array([side * f * w, 0.0])))
+        cheeks_above = [(s, q[c] + np.array([s * 0.12 * w, -0.3 * w])) for s, c in ((-1, 48), (1, 54))]
+        cheeks_below = [(s, q[c] + np.array([s * 0.08 * w, 0.35 * w])) for s, c in ((-1, 48), (1, 54))]
+        crease = [(0.5 * (q[a] + q[b])) for a, b in ((58, 7), (57, 8), (56, 9))]
+        upper_ids = [49, 50, 51, 52, 53, 61, 62, 63]
+        lower_ids = [55, 56, 57, 58, 59, 65, 66, 67]
+        corner_ids = [48, 54, 60, 64]
+        below = {61: 67, 62: 66, 63: 65}
+
+        def assemble(up: dict, lo: dict, corner, line, above, under, jaw, chin) -> tuple[list, list]:
+            upper = [(q[i], up[i]) for i in upper_ids]
+            lower = [(q[i], lo[i]) for i in lower_ids]
+            corners = [(q[i], corner(i)) for i in corner_ids]
+            lines = [(pt, line(side, f)) for side, f, pt in line_pts]
+            # Each side continues its inner-edge motion across the gap, so distances measured
+            # inside the open mouth are true pixel distances.
+            upper_cont = [(q[below[i]], up[i]) for i in (61, 62, 63)]
+            lower_cont = [(q[i], lo[below[i]]) for i in (61, 62, 63)]
+            above_c = [(pt, above(side)) for side, pt in cheeks_above]
+            under_c = [(pt, under(side)) for side, pt in cheeks_below]
+            jaw_c = [(q[i], jaw(i)) for i in range(3, 14)]
+            chin_c = [(pt, chin(j)) for j, pt in enumerate(crease)]
+            return (
+                upper + corners + lines + upper_cont + above_c,
+                lower + corners + lines + lower_cont + under_c + jaw_c + chin_c,
+            )
+
+        zero = lambda *_: (0.0, 0.0)  # noqa: E731
+        out = []
+
+        # open: lower lip and jaw drop (the jaw turns about the ears, so the chin drops most);
+        # the upper lip lifts a little, the corners drop a third of the way and come in.
+        drop = self._open_drop(q)
+        rise = 0.03 * w
+        jaw_share = {3: 0.1, 4: 0.3, 5: 0.55, 6: 0.8, 7: 0.95, 8: 1.0, 9: 0.95, 10: 0.8, 11: 0.55, 12: 0.3, 13: 0.1}
+        narrow = 0.03 * w
+        up = {i: (-narrow * t_of(q[i, 0]), -rise * prof(q[i, 0])) for i in upper_ids}
+        # A full (flat-bottomed) drop profile: an open mouth is a rounded box, not a V.
+        lo = {i: (-narrow * t_of(q[i, 0]), drop * (0.3 + 0.7 * prof(q[i, 0]) ** 0.6)) for i in lower_ids}
+        out.append(assemble(
+            up, lo,
+            corner=lambda i: (-narrow * np.sign(t_of(q[i, 0])), 0.3 * drop),
+            line=lambda side, f: (0.0, 0.3 * drop * (1.0 - 1.6 * f)),
+            above=zero,
+            under=lambda side: (0.0, 0.55 * drop),
+            jaw=lambda i: (0.0, 1.2 * drop * jaw_share[i]),
+            chin=lambda j: (0.0, 1.1 * drop * (1.0 if j == 1 else 0.95)),
+        ))
+
+        # wide: corners out and up, lips stretched thinner (the lower lip most).
+        out_x, up_y = 0.09 * w, 0.035 * w
+        up = {i: (out_x * t_of(q[i, 0]), -up_y * t_of(q[i, 0]) ** 2 + (0.012 * w if i < 60 else 0.0)) for i in upper_ids}
+        lo = {i: (out_x * t_of(q[i, 0]), -up_y * t_of(q[i, 0]) ** 2 - (0.05 * w * prof(q[i, 0]) if i < 60 else 0.0))
+              for i in lower_ids}
+        out.append(assemble(
+            up, lo,
+            corner=lambda i: (out_x * np.sign(t_of(q[i, 0])), -up_y),
+            line=lambda side, f: (side * out_x * (0.6 if f < 0.3 else 0.25), -up_y * (0.6 if f < 0.3 else 0.25)),
+            above=lambda side: (side * 0.5 * out_x, -0.6 * up_y),
+            under=lambda side: (side * 0.5 * out_x, -0.3 * up_y),
+            jaw=zero,
+            chin=lambda j: (0.0, -0.02 * w),
+        ))
+
+        # round: corners in, lips pushed out (they look fuller), the opening narrows and
+        # the smile's raised corners level out.
+        squeeze = 0.17 * w / (0.5 * float(np.linalg.norm(q[54] - q[48])))
+        full = 0.04 * w
+        corner_drop = 0.04 * w
+        up = {i: (-squeeze * (q[i, 0] - cx),
+                  (-full * prof(q[i, 0]) if i < 60 else 0.15 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
+              for i in upper_ids}
+        lo = {i: (-squeeze * (q[i, 0] - cx),
+                  (full * prof(q[i, 0]) if i < 60 else -0.2 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
+              for i in lower_ids}
+        out.append(assemble(
+            up, lo,
+            corner=lambda i: (-squeeze * (q[i, 0] - cx), corner_drop),
+            line=lambda side, f: (-side * 0.17 * w * (0.5 if f < 0.3 else 0.2), corner_drop * 0.5),
+            above=lambda side: (-side * 0.06 * w, 0.0),
+            under=lambda side: (-side * 0.06 * w, 0.0),
+            jaw=zero,
+            chin=zero,
+        ))
+
+        # press: the inner edges meet (the upper lip covers 45% of the photo's gap, the lower
+        # lip the rest plus a little overlap) and both lips thin as they press.
+        overlap = 0.6 + 0.03 * w
+        up = {}
+        for i in upper_ids:
+            g = gap_at(q[i, 0])
+            up[i] = (-0.02 * w * t_of(q[i, 0]), 0.45 * g + (0.25 * thick_upper(i) if i < 60 else 0.0))
+        lo = {}
+        for i in lower_ids:
+            g = gap_at(q[i, 0])
+            lo[i] = (-0.02 * w * t_of(q[i, 0]), -(0.55 * g + overlap) - (0.25 * thick_lower(i) if i < 60 else 0.0))
+        lift = 0.55 * gap_at(q[66, 0])
+        out.append(assemble(
+            up, lo,
+            corner=lambda i: (-0.02 * w * np.sign(t_of(q[i, 0])), 0.0),
+            line=zero,
+            above=zero,
+            under=lambda side: (0.0, -0.2 * lift),
+            jaw=lambda i: (0.0, -0.25 * lift * jaw_share[i]),
+            chin=lambda j: (0.0, -0.5 * lift),
+        ))
+
+        # bite: the upper lip lifts off the teeth; the lower lip rises and rolls in under
+        # them (so it thins), leaving a band of upper teeth showing above it.
+        lift_up, show = 0.03 * w, 0.13 * w
+        photo_teeth = self.gap.max() >= 0.08 * w
+
+        def bite_edge(x: float) -> float:
+            # The lower lip's new inner edge, relative to where it is in the photo.
+            visible = show * prof(x)
+            if photo_teeth:  # overlap the photo's teeth, so no gap opens under them
+                teeth_shown = float(np.interp(x, np.arange(len(self.gap)), self.gap))
+                visible = min(visible, max(0.0, teeth_shown - 1.0))
+            return visible - lift_up * prof(x) - gap_at(x)
+
+        up = {i: (0.0, -lift_up * prof(q[i, 0])) for i in upper_ids}
+        lo = {i: (0.0, bite_edge(q[i, 0]) - (0.3 * thick_lower(i) if i < 60 else 0.0)) for i in lower_ids}
+        centre = bite_edge(q[66, 0])
+        out.append(assemble(
+            up, lo,
+            corner=zero,
+            line=zero,
+            above=zero,
+            under=lambda side: (0.0, 0.2 * min(centre, 0.0)),
+            jaw=lambda i: (0.0, 0.3 * min(centre, 0.0) * jaw_share[i]),
+            chin=lambda j: (0.0, 0.5 * centre),
+        ))
+        order = {OPEN: 0, WIDE: 1, ROUND: 2, PRESS: 3, BITE: 4}
+        return [out[order[k]] for k in range(N_MOUTH_PARAMS)]
+
+
+def _interp_curve(xs: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A lip edge through landmark points, sampled per column (linear, lightly smoothed)."""
+    order = np.argsort(pts[:, 0], kind="stable")
+    ys = np.interp(xs, pts[order, 0], pts[order, 1])
+    kernel = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    padded = np.pad(ys, 2, mode="edge")
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _snap_to_teeth(
+    crop: np.ndarray, xs: np.ndarray, inside: np.ndarray, upper: np.ndarray, lower: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move the inner-lip edges onto the photo's teeth edges where teeth show (dlib is often a pixel or two off).
+
+    Teeth are light and grey, lips red: the mean of green and blue separates them. Each
+    edge moves at most 2.5 px, to the sharpest step of that measure near it.
+    """
+    score = crop[..., 1:].astype(np.float64).mean(axis=-1)
+    h = crop.shape[0]
+    new_upper, new_lower = upper.copy(), lower.copy()
+    for i in np.flatnonzero(inside):
+        if lower[i] - upper[i] < 2.0:
+            continue
+        col = score[:, int(xs[i])]
+        lo_row, hi_row = int(math.floor(upper[i] - 2.5)), int(math.ceil(lower[i] + 2.5))
+        if lo_row < 0 or hi_row >= h - 1:
+            continue
+        # Step between rows y and y + 1 sits at y + 0.5; a teeth edge has teeth on one side.
+        steps = col[lo_row + 1 : hi_row + 1] - col[lo_row:hi_row]
+        edges = np.arange(lo_row, hi_row) + 0.5
+        teeth_level = np.median(col[int(math.ceil(upper[i])) : int(math.floor(lower[i])) + 1])
+        teethy = col >= 0.85 * teeth_level
+        near_up = (edges >= upper[i] - 1.5) & (edges <= upper[i] + 2.5) & teethy[lo_row + 1 : hi_row + 1]
+        near_lo = (edges >= lower[i] - 2.5) & (edges <= lower[i] + 1.5) & teethy[lo_row:hi_row]
+        rise = np.where(near_up, steps, -np.inf)
+        fall = np.where(near_lo, -steps, -np.inf)
+        if rise.max() > 12.0:
+            new_upper[i] = _peak(edges, rise)
+        if fall.max() > 12.0:
+            new_lower[i] = _peak(edges, fall)
+    # Per-column picks are noisy: smooth the correction, not the curve.
+    kernel = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    def smooth(delta: np.ndarray) -> np.ndarray:
+        d = np.convolve(np.pad(delta, 2, mode="edge"), kernel, mode="valid")
+        return np.convolve(np.pad(d, 2, mode="edge"), kernel, mode="valid") * inside
+    return upper + smooth(new_upper - upper), lower + smooth(new_lower - lower)
+
+
+def _peak(positions: np.ndarray, values: np.ndarray) -> float:
+    """Sub-pixel position of the largest value (parabola through it and its neighbours)."""
+    k = int(np.argmax(values))
+    if 0 < k < len(values) - 1 and np.isfinite(values[k - 1]) and np.isfinite(values[k + 1]):
+        a, b, c = values[k - 1], values[k], values[k + 1]
+        denom = a - 2.0 * b + c
+        if denom < 0.0:
+            return float(positions[k] + np.clip(0.5 * (a - c) / denom, -0.5, 0.5))
+    return float(positions[k])
+
+
+def _border_window(width: int, height: int, margin: float) -> np.ndarray:
+    """1 inside, easing to exactly 0 on the crop border."""
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float64)
+        d = np.minimum(i, n - 1 - i) / max(margin, 1.0)
+        d = np.clip(d, 0.0, 1.0)
+        return d * d * (3.0 - 2.0 * d)
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+def _tps(centres: np.ndarray, values: np.ndarray, grid: np.ndarray, scale: float) -> np.ndarray:
+    """Thin-plate spline through (centres, values), evaluated at grid points; (G, 2)."""
+    centres, values = _dedupe(centres / scale, values)
+    grid = grid / scale
+    n = len(centres)
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        r2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+        r2 = np.maximum(r2, 1e-12)
+        return 0.5 * r2 * np.log(r2)
+
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = kernel(centres, centres) + 1e-4 * np.eye(n)
+    system[:n, n] = 1.0
+    system[:n, n + 1 :] = centres
+    system[n, :n] = 1.0
+    system[n + 1 :, :n] = centres.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = values
+    coef = np.linalg.solve(system, rhs)
+    return kernel(grid, centres) @ coef[:n] + coef[n] + grid @ coef[n + 1 :]
+
+
+def _dedupe(centres: np.ndarray, values: np.ndarray, tol: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    # Coincident centres make the spline singular: keep the first of each cluster.
+    close = ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1) <= tol * tol
+    keep = np.ones(len(centres), dtype=bool)
+    for i in range(len(centres)):
+        if keep[i]:
+            later = close[i].copy()
+            later[: i + 1] = False
+            keep &= ~later
+    return centres[keep], values[keep]
+
+
+# ---------------------------------------------------------------------------------------
+# The renderer.
+
+
+class PhotoWarpRenderer(LipSyncRenderer):
+    """Lip-sync by warping the avatar photo's mouth and jaw, all in torch on `device`."""
+
+    def __init__(self, avatar: PhotoAvatar, fps: int = 25, device: str | None = None) -> None:
+        self.avatar = avatar
+        self.width, self.height, self.fps = avatar.width, avatar.height, int(fps)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        rig = MouthRig(avatar.rgb, avatar.landmarks)
+        self.rig = rig
+        self.crop = rig.crop
+        base = rgb_to_yuv420(avatar.rgb)
+        base.setflags(write=False)
+        self._base = base
+        dev = self.device
+        c = rig.crop
+        self._basis = torch.from_numpy(rig.basis.reshape(N_MOUTH_PARAMS, -1)).to(dev)
+        gy, gx = torch.meshgrid(
+            torch.arange(c.height, dtype=torch.float32), torch.arange(c.width, dtype=torch.float32), indexing="ij"
+        )
+        self._gx, self._gy = gx.to(dev), gy.to(dev)
+        # Pad the tables by one column so the linear lookup never reads past the end.
+        tables = torch.from_numpy(np.concatenate([rig.tables, rig.tables[:, -1:]], axis=1))
+        self._tables = tables.to(dev)
+        self._crop_rgb = torch.from_numpy(rig.crop_rgb).permute(2, 0, 1).unsqueeze(0).float().contiguous().to(dev)
+        self._to_grid = torch.tensor(
+            [2.0 / (c.width - 1), 2.0 / (c.height - 1)], dtype=torch.float32, device=dev
+        )
+        self._painter = MouthInteriorPainter(rig.colours, rig.mouth_width, dev)
+        self._centre_x = float(rig.centre_x - c.x0)
+        self._half_width = 0.5 * rig.mouth_width
+
+    def idle_frame(self, tick: int) -> np.ndarray:
+        """The photo itself (cached, read-only)."""
+        return self._base
+
+    def begin(self, speech: SpeechChunk, tick: int) -> FrameSource:
+        from models.lipsync.visemes import audio_mouth_track, mouth_track
+
+        n_frames = math.ceil(round(speech.duration * self.fps, 6))
+        if speech.phonemes:
+            track = mouth_track(speech.phonemes, n_frames, self.fps)
+        else:
+            track = audio_mouth_track(speech.audio, speech.sample_rate, n_frames, self.fps)
+        return PhotoWarpFrames(self, track)
+
+    def render_mouth(self, params: np.ndarray) -> list[np.ndarray]:
+        """yuv420p frames for mouth parameters (B, N_MOUTH_PARAMS) in [0, 1] (any B; one torch batch)."""
+        params = np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)
+        if len(params) == 0:
+            return []
+        y, u, v = self._render_planes(torch.from_numpy(params).to(self.device))
+        y, u, v = y.cpu().numpy(), u.cpu().numpy(), v.cpu().numpy()
+        c, h, w = self.crop, self.height, self.width
+        frames = []
+        for b in range(len(params)):
+            frame = self._base.copy()
+            frame[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width] = y[b]
+            flat = frame.reshape(-1)
+            cy, cx, ch, cw = c.y0 // 2, c.x0 // 2, c.height // 2, c.width // 2
+            for k, plane in enumerate((u[b], v[b])):
+                start = h * w + k * (h * w // 4)
+                flat[start : start + h * w // 4].reshape(h // 2, w // 2)[cy : cy + ch, cx : cx + cw] = plane
+            frames.append(frame)
+        return frames
+
+    def render_rgb_crop(self, params: np.ndarray) -> np.ndarray:
+        """The warped, painted crop as (B, h, w, 3) uint8 RGB (for previews and checks)."""
+        p = torch.from_numpy(np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)).to(self.device)
+        with torch.inference_mode():
+            rgb = self._render_rgb(p)
+        return rgb.clamp(0, 255).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.inference_mode()
+    def _render_planes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rgb_to_yuv_planes(self._render_rgb(params))
+
+    def _render_rgb(self, params: torch.Tensor) -> torch.Tensor:
+        c = self.crop
+        b = params.shape[0]
+        w = params.clamp(0.0, 1.0)
+        # A closure wins over an opening (mouth.py: press forces a full closure); a bite
+        # keeps the jaw nearly shut.
+        keep_open = (1.0 - w[:, PRESS]) * (1.0 - 0.85 * w[:, BITE])
+        w = torch.cat([w[:, :1] * keep_open[:, None], w[:, 1:]], dim=1)
+        f = (w @ self._basis).view(b, 4, c.height, c.width)
+        ux, uy = self._gx + f[:, 0], self._gy + f[:, 1]
+        lx, ly = self._gx + f[:, 2], self._gy + f[:, 3]
+
+        upper_bound, upper_lip, teeth, seam = self._lookup(ux, (0, 2, 3, 4))
+        (lower_bound,) = self._lookup(lx, (1,))
+        a_u = upper_bound - uy   # > 0: the upper field samples the upper side
+        a_lip = upper_lip - uy   # depth into the upper lip itself (negative on the teeth)
+        a_l = ly - lower_bound   # > 0: the lower field samples the lower side
+        lower_ok, upper_ok = a_l > 0, a_u > 0
+        take_lower = torch.where(lower_ok, ~upper_ok | (a_l > a_lip), ~upper_ok & (a_l > a_u))
+        sx = torch.where(take_lower, lx, ux)
+        # Clamp to the own side so pixels at an edge show that edge, not what lies across it.
+        sy = torch.where(take_lower, torch.maximum(ly, lower_bound), torch.minimum(uy, upper_bound))
+        grid = torch.stack([sx, sy], dim=-1) * self._to_grid - 1.0
+        image = F.grid_sample(
+            self._crop_rgb.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True
+        )
+        # Lips pressed together (or tucked under the teeth) shade the lower lip's top edge.
+        contact = torch.maximum(w[:, PRESS], w[:, BITE]).view(b, 1, 1)
+        shade = 1.0 - CONTACT_SHADE * contact * torch.exp(-a_l.clamp(min=0.0) / 1.2) * take_lower
+        image = image * shade.unsqueeze(1)
+        across = (ux - self._centre_x) / self._half_width
+        return self._painter.paint(image, -a_u, -a_l, across, teeth, seam)
+
+    def _lookup(self, x: torch.Tensor, rows: tuple[int, ...]) -> list[torch.Tensor]:
+        """Linear interpolation of the per-column tables at fractional columns x."""
+        x = x.clamp(0.0, float(self.crop.width - 1))
+        i = x.floor()
+        frac = x - i
+        i = i.long()
+        out = []
+        for r in rows:
+            table = self._tables[r]
+            a, b = table[i], table[i + 1]
+            out.append(a + (b - a) * frac)
+        return out
+
+
+class PhotoWarpFrames(FrameSource):
+    """The frames of one speech chunk: its mouth track, rendered in batches on demand."""
+
+    def __init__(self, renderer: PhotoWarpRenderer, track: np.ndarray) -> None:
+        self.renderer = renderer
+        self.track = np.asarray(track, dtype=np.float32)
+        self.n_frames = len(self.track)
+
+    def render(self, start: int, count: int) -> list[np.ndarray]:
+        if start < 0 or count < 0 or start + count > self.n_frames:
+            raise IndexError(f"frames [{start}, {start + count}) outside this chunk's {self.n_frames} frames")
+        frames: list[np.ndarray] = []
+        for i in range(start, start + count, RENDER_BATCH):
+            frames += self.renderer.render_mouth(self.track[i : min(start + count, i + RENDER_BATCH)])
+        return frames
