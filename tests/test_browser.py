@@ -341,6 +341,13 @@ async def test_disconnect_ends_the_session(media_server, open_client):
         await page.page.wait_for_timeout(100)
     assert session_id not in sessions, "DELETE on disconnect did not end the server session"
 
+    # Connecting again gives a new, working session.
+    await page.page.click("#connect")
+    await page.connected()
+    again = await page.js("() => window.avatarClient.sessionId")
+    assert again != session_id and again in sessions
+    await page.until("document.getElementById('avatar').currentTime > 0.5", 10, what="video after reconnecting")
+
 
 @pytest.mark.parametrize("name,viewport", [("desktop", DESKTOP), ("phone", PHONE)])
 async def test_layout_fits_desktop_and_phone(media_server, open_client, name, viewport):

@@ -1,0 +1,708 @@
+"""What a real browser sees: A/V offset, frame rate, freezes, session capacity, voice-to-voice.
+
+    python bench/bench_browser.py                 # the full run (~10 min on a 2-core box)
+    python bench/bench_browser.py --seconds 20    # shorter windows everywhere
+    python bench/bench_browser.py --skip-v2v --max-pages 3
+
+Everything is measured by static/client.html itself in headless Chromium (/usr/bin/chromium)
+and read back from window.avatarClient:
+
+1. A/V offset (beep onset heard minus white-frame display time) in sync-test sessions:
+   - baseline: a minimal sender inside this script (aiohttp + aiortc, both tracks paced
+     from one clock with the simplest code possible, same beep/flash pattern), so the
+     page's own measurement path (WebAudio FIFO, output latency, jitter buffers) is known;
+   - the real server (run.py, say-only) with the sync-test session alone;
+   - the same while 2 other sessions on that server speak continuously.
+   Only differences between these runs mean anything; absolute values include the path.
+2. Received fps, dropped frames and freezes over a window of continuous speaking.
+3. Concurrent speaking sessions: 1, 2, 3 ... pages until one drops below 24 fps or the
+   server's renderer falls behind (its clock keeps sending 25 fps, repeating frames, so the
+   underrun share is the honest capacity signal).
+4. Voice-to-voice (end of the user's speech -> first avatar audio) on a listening server
+   with the echo LLM, the question played as the fake microphone.
+
+Writes bench/out/browser.json and bench/out/browser.png. The browser and the server share
+this machine's cores, so capacity figures are lower bounds for a dedicated server.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "bench" / "out"
+CHROMIUM = Path("/usr/bin/chromium")
+CLIENT_HTML = ROOT / "static" / "client.html"
+FPS = 25
+RATE = 48_000
+WARMUP_S = 8.0  # browsers sync audio to video only after a few RTCP sender reports
+SPEECH = ("The quick brown fox jumps over the lazy dog while the sun sets behind the hills. "
+          "Far away a train whistles, and the people in the small town gather in the square "
+          "to talk about the harvest, the weather and the news of the week. ")
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+# ---- small utilities ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return path
+
+
+def spread(values: list[float]) -> dict:
+    """n, p10, p50, p90, mean, min, max of `values` (rounded, ms or fps)."""
+    if not values:
+        return {"n": 0}
+    xs = np.asarray(values, dtype=float)
+    return {"n": int(xs.size), "p10": round(float(np.percentile(xs, 10)), 1),
+            "p50": round(float(np.percentile(xs, 50)), 1), "p90": round(float(np.percentile(xs, 90)), 1),
+            "mean": round(float(xs.mean()), 1), "min": round(float(xs.min()), 1), "max": round(float(xs.max()), 1)}
+
+
+def show(label: str, s: dict, unit: str = "ms") -> str:
+    if not s.get("n"):
+        return f"{label}: no data"
+    return (f"{label}: p50 {s['p50']:+.1f} {unit}, p10-p90 {s['p10']:+.1f} .. {s['p90']:+.1f} {unit} "
+            f"(spread {s['p90'] - s['p10']:.1f}), n={s['n']}")
+
+
+# ---- the real server, as a subprocess ----------------------------------------------------
+
+
+class ServerProcess:
+    """`python run.py ...` on a free port; waits for /healthz; its log goes to bench/out."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = OUT / f"server-{name}.log"
+        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), *args]
+        self.proc: subprocess.Popen | None = None
+
+    async def start(self, timeout_s: float = 600) -> None:
+        import aiohttp
+
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ---- the baseline: the simplest aligned sender ---------------------------------------------
+
+
+class SharedClock:
+    """t0 taken when the first track is first pulled; frame n of either track is due at t0 + n*period."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    async def wait(self, seconds_from_t0: float) -> None:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        delay = self.t0 + seconds_from_t0 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def make_baseline_tracks(width: int, height: int):
+    """A video and an audio track with the sync-test pattern: beep and white frames at t = 0, 2, 4 ... s."""
+    import av
+    from aiortc import MediaStreamTrack
+
+    clock = SharedClock()
+    white = np.full((height * 3 // 2, width), 128, np.uint8)
+    white[:height] = 235
+    dark = np.full((height * 3 // 2, width), 128, np.uint8)
+    dark[:height] = 16
+    beep_samples = int(0.1 * RATE)
+    period = 2 * RATE
+    tone = (np.sin(2 * np.pi * 1000 * np.arange(beep_samples) / RATE) * 0.5 * 32767).astype(np.int16)
+
+    class Video(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        async def recv(self):
+            await clock.wait(self.n / FPS)
+            flash = (self.n % (2 * FPS)) < 3  # the ticks that carry the 100 ms beep (like the server)
+            frame = av.VideoFrame.from_ndarray(white if flash else dark, format="yuv420p")
+            frame.pts, frame.time_base = self.n * 90_000 // FPS, Fraction(1, 90_000)
+            self.n += 1
+            return frame
+
+    class Audio(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.k = 0
+
+        async def recv(self):
+            await clock.wait(self.k * 0.02)
+            start = self.k * 960
+            phase = (start + np.arange(960)) % period
+            pcm = np.where(phase < beep_samples, tone[np.minimum(phase, beep_samples - 1)], 0).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = RATE, start, Fraction(1, RATE)
+            self.k += 1
+            return frame
+
+    return Video(), Audio()
+
+
+async def start_baseline_server(width: int, height: int):
+    """The page's /, /healthz, /offer and DELETE /sessions/{id}, answered by the minimal sender."""
+    from aiohttp import web
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    peers: dict[str, RTCPeerConnection] = {}
+
+    async def index(request):
+        return web.FileResponse(CLIENT_HTML)
+
+    async def healthz(request):
+        return web.json_response({"status": "ok", "avatars": ["pattern"]})
+
+    async def offer(request):
+        body = await request.json()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        sid = secrets.token_hex(8)
+        peers[sid] = pc
+
+        @pc.on("track")
+        def on_track(track):
+            async def drain():
+                try:
+                    while True:
+                        await track.recv()
+                except Exception:
+                    pass
+            asyncio.ensure_future(drain())
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        video, audio = make_baseline_tracks(width, height)
+        pc.addTrack(audio)
+        pc.addTrack(video)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": "answer", "session_id": sid, "token": sid})
+
+    async def delete(request):
+        pc = peers.pop(request.match_info["sid"], None)
+        if pc is not None:
+            await pc.close()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/offer", offer)
+    app.router.add_delete("/sessions/{sid}", delete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    async def stop():
+        for pc in list(peers.values()):
+            await pc.close()
+        await runner.cleanup()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+# ---- pages --------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    page: object
+    context: object
+    session_id: str = ""
+    token: str = ""
+
+    async def js(self, expression: str, arg=None):
+        return await self.page.evaluate(expression, arg)
+
+    async def close(self) -> None:
+        try:
+            await self.js("() => window.avatarClient.disconnect()")
+        except Exception:
+            pass
+        await self.context.close()
+
+
+async def open_page(browser, base_url: str, query: str) -> Page:
+    context = await browser.new_context(viewport={"width": 960, "height": 720})
+    page = await context.new_page()
+    await page.goto(f"{base_url}/?autoconnect=1&raw=1&{query}")
+    await page.wait_for_function("window.avatarClient && window.avatarClient.connected && window.avatarClient.sessionId",
+                                 timeout=30_000, polling=100)
+    p = Page(page, context)
+    p.session_id, p.token = await p.js("() => [window.avatarClient.sessionId, window.avatarClient.token]")
+    return p
+
+
+@dataclass
+class Talker:
+    """Keeps one session speaking: posts long /say texts so one is always queued."""
+
+    base_url: str
+    page: Page
+    posted: int = 0
+    task: asyncio.Task | None = None
+    stats: dict = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        headers = {"Authorization": f"Bearer {self.page.token}"}
+        url = f"{self.base_url}/sessions/{self.page.session_id}"
+        async with aiohttp.ClientSession(headers=headers) as http:
+            while True:
+                async with http.get(url) as resp:
+                    info = await resp.json()
+                self.stats = info.get("stats", {})
+                if len(info.get("utterances_pending", [])) < 2:
+                    async with http.post(url + "/say", json={"text": SPEECH}) as resp:
+                        if resp.status == 202:
+                            self.posted += 1
+                await asyncio.sleep(0.5)
+
+    async def server_stats(self) -> dict:
+        import aiohttp
+
+        headers = {"Authorization": f"Bearer {self.page.token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{self.base_url}/sessions/{self.page.session_id}") as resp:
+                return (await resp.json()).get("stats", {})
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+# ---- measurements -------------------------------------------------------------------------
+
+
+async def measure_sync(browser, base_url: str, seconds: float, label: str) -> dict:
+    """A/V offsets seen by one sync-test page over `seconds` after the warm-up."""
+    page = await open_page(browser, base_url, "mode=sync-test&stats=1")
+    try:
+        t_start = await page.js("() => performance.now()")
+        await asyncio.sleep(WARMUP_S + seconds)
+        pairs = await page.js("() => window.avatarClient.syncPairs")
+        latency = await page.js("() => window.avatarClient.audio.latency()")
+        stats = await page.js("() => window.avatarClient.stats")
+    finally:
+        await page.close()
+    settled = [p for p in pairs if p["flash"] - t_start >= WARMUP_S * 1000]
+    offsets = [p["offset"] for p in settled]
+    result = {
+        "label": label,
+        "offsets_ms": spread(offsets),
+        "warmup_offsets_ms": [round(p["offset"], 1) for p in pairs if p not in settled],
+        "series": [[round((p["flash"] - t_start) / 1000, 2), round(p["offset"], 2)] for p in pairs],
+        "audio_output_latency_ms": latency.get("outputLatencyMs") if latency else None,
+        "audio_base_latency_ms": latency.get("baseLatencyMs") if latency else None,
+        "video_jitter_buffer_ms": stats.get("videoJitterBufferMs"),
+        "audio_jitter_buffer_ms": stats.get("audioJitterBufferMs"),
+        "frame_size": [stats.get("frameWidth"), stats.get("frameHeight")],
+    }
+    print(show(f"  {label}", result["offsets_ms"]), flush=True)
+    return result
+
+
+async def page_counters(page: Page) -> dict:
+    return await page.js("() => { const s = window.avatarClient.stats; return {t: s.t, decoded: s.framesDecoded,"
+                         " dropped: s.framesDropped, freezes: s.freezeCount, freezeS: s.totalFreezesDuration,"
+                         " fps: s.fps, vjb: s.videoJitterBufferMs, ajb: s.audioJitterBufferMs}; }")
+
+
+async def measure_speaking(browser, base_url: str, seconds: float) -> dict:
+    """Frame rate, drops and freezes of one page while its avatar talks without pause."""
+    page = await open_page(browser, base_url, "stats=1")
+    talker = Talker(base_url, page)
+    talker.start()
+    try:
+        await asyncio.sleep(4)  # first utterance on air, counters primed
+        first, server0 = await page_counters(page), await talker.server_stats()
+        fps_series = []
+        for _ in range(int(seconds)):
+            await asyncio.sleep(1)
+            fps_series.append((await page_counters(page))["fps"])
+        last, server1 = await page_counters(page), await talker.server_stats()
+    finally:
+        await talker.stop()
+        await page.close()
+    elapsed = (last["t"] - first["t"]) / 1000
+    speech = server1.get("speech_frames", 0) - server0.get("speech_frames", 0)
+    underruns = server1.get("underruns", 0) - server0.get("underruns", 0)
+    result = {
+        "seconds": round(elapsed, 1),
+        "fps_mean": round((last["decoded"] - first["decoded"]) / elapsed, 2),
+        "fps_per_second": spread([f for f in fps_series if f is not None]),
+        "fps_series": fps_series,
+        "frames_dropped": last["dropped"] - first["dropped"],
+        "freezes": last["freezes"] - first["freezes"],
+        "freeze_seconds": round(last["freezeS"] - first["freezeS"], 3),
+        "video_jitter_buffer_ms": last["vjb"],
+        "audio_jitter_buffer_ms": last["ajb"],
+        "server_speech_frames": speech,
+        "server_underruns": underruns,
+        "server_late_ticks": server1.get("late_ticks", 0) - server0.get("late_ticks", 0),
+        "server_skipped_ticks": server1.get("skipped_ticks", 0) - server0.get("skipped_ticks", 0),
+    }
+    print(f"  continuous speaking {elapsed:.0f} s: {result['fps_mean']:.2f} fps received, "
+          f"{result['frames_dropped']} dropped, {result['freezes']} freezes ({result['freeze_seconds']} s); "
+          f"server: {speech} speech frames, {underruns} underruns, {result['server_late_ticks']} late ticks", flush=True)
+    return result
+
+
+async def measure_capacity(browser, base_url: str, max_pages: int, window_s: float) -> list[dict]:
+    """Add speaking sessions one at a time until one falls below 24 fps or the renderer falls behind."""
+    pages: list[Page] = []
+    talkers: list[Talker] = []
+    rows = []
+    try:
+        for n in range(1, max_pages + 1):
+            try:
+                page = await open_page(browser, base_url, "stats=1")
+            except Exception as exc:
+                print(f"  {n} sessions: could not open another page ({exc})", flush=True)
+                break
+            pages.append(page)
+            talker = Talker(base_url, page)
+            talker.start()
+            talkers.append(talker)
+            await asyncio.sleep(4)
+            before = [await page_counters(p) for p in pages]
+            server_before = [await t.server_stats() for t in talkers]
+            await asyncio.sleep(window_s)
+            after = [await page_counters(p) for p in pages]
+            server_after = [await t.server_stats() for t in talkers]
+            fps = [(a["decoded"] - b["decoded"]) / ((a["t"] - b["t"]) / 1000) for a, b in zip(after, before)]
+            speech = sum(a.get("speech_frames", 0) - b.get("speech_frames", 0) for a, b in zip(server_after, server_before))
+            under = sum(a.get("underruns", 0) - b.get("underruns", 0) for a, b in zip(server_after, server_before))
+            late = sum(a.get("late_ticks", 0) - b.get("late_ticks", 0) for a, b in zip(server_after, server_before))
+            freezes = sum(a["freezes"] - b["freezes"] for a, b in zip(after, before))
+            share = under / (speech + under) if speech + under else 0.0
+            row = {"sessions": n, "fps_min": round(min(fps), 2), "fps_mean": round(statistics.mean(fps), 2),
+                   "fps": [round(f, 2) for f in fps], "freezes": freezes, "server_underrun_share": round(share, 4),
+                   "server_late_ticks": late}
+            rows.append(row)
+            print(f"  {n} speaking sessions: fps min {row['fps_min']:.1f} mean {row['fps_mean']:.1f}, "
+                  f"freezes {freezes}, renderer underruns {share:.1%}, late ticks {late}", flush=True)
+            if row["fps_min"] < 24 or share > 0.05:
+                row["limit"] = "fps below 24" if row["fps_min"] < 24 else "renderer behind (>5% underruns)"
+                break
+    finally:
+        for t in talkers:
+            await t.stop()
+        for p in pages:
+            await p.close()
+    return rows
+
+
+async def measure_v2v(driver, seconds: float) -> dict:
+    """Page-measured voice-to-voice on a listening server (echo LLM), plus the server's stage spans."""
+    from tests.speech_samples import espeak
+
+    import soxr
+
+    questions = ["What is the capital of France?", "How far away is the moon?", "Tell me a short story please.",
+                 "What time does the train leave?"]
+    count = max(2, min(len(questions), int(seconds // 12)))
+    parts = [np.zeros(int(2.0 * RATE), np.float32)]
+    for q in questions[:count]:
+        parts.append(soxr.resample(espeak(q), 16_000, RATE).astype(np.float32))
+        parts.append(np.zeros(int(9.0 * RATE), np.float32))  # room for the whole echoed answer
+    audio = (np.concatenate(parts) * 0.8 * 32767).astype(np.int16)
+    total_s = len(audio) / RATE
+    server = ServerProcess("v2v", ["--listen", "true", "--llm", "echo", "--max-sessions", "2"])
+    await server.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = write_wav(Path(tmp) / "questions.wav", audio)
+        browser = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS + [
+            f"--use-file-for-fake-audio-capture={wav}%noloop"])
+        try:
+            page = await open_page(browser, server.url, "stats=1")
+            await asyncio.sleep(total_s + 2)
+            details = await page.js("() => window.avatarClient.v2vDetails")
+            import aiohttp
+
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {page.token}"}) as http:
+                async with http.get(f"{server.url}/sessions/{page.session_id}") as resp:
+                    turns = (await resp.json()).get("turns", [])
+            await page.close()
+        finally:
+            await browser.close()
+            server.stop()
+    latencies = [d["latencyMs"] for d in details]
+    stages = [t.get("stages_ms", {}) for t in turns]
+    result = {"questions": count, "page_v2v_ms": spread(latencies), "turns": details, "server_stages_ms": stages,
+              "start_of_measurement": sorted({d["from"] for d in details})}
+    print(f"  voice-to-voice over {len(latencies)} of {count} questions: "
+          + (", ".join(f"{x:.0f}" for x in latencies) or "none") + " ms "
+          f"(page: end of mic speech -> first avatar audio; from {result['start_of_measurement']})", flush=True)
+    for i, s in enumerate(stages):
+        print(f"    turn {i + 1} server stages: " + " ".join(f"{k}={v}" for k, v in s.items() if v is not None), flush=True)
+    return result
+
+
+# ---- plot (Pillow; matplotlib is not a dependency) ------------------------------------------
+
+
+def nice_ticks(xmax: float) -> list[float]:
+    """About six round tick values from 0 to xmax."""
+    step = next(s for s in (1, 2, 5, 10, 20, 30, 60, 120, 300) if xmax / s <= 7)
+    return list(range(0, int(xmax) + 1, step))
+
+
+def plot(results: dict, path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    W, H = 1200, 860
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=14)
+    d.font = font  # every d.text below uses it
+    colours = {"baseline": (120, 120, 120), "alone": (31, 119, 180), "loaded": (214, 39, 40)}
+
+    def axes(box, xr, yr, title, xlabel, ylabel, yticks, xticks):
+        x0, y0, x1, y1 = box
+        d.rectangle(box, outline="black")
+        d.text((x0, y0 - 22), title, fill="black")
+        d.text(((x0 + x1) // 2 - 40, y1 + 22), xlabel, fill="black")
+        d.text((x0 - 70, y0 - 8), ylabel, fill="black")
+        for v in yticks:
+            y = y1 - (v - yr[0]) / (yr[1] - yr[0]) * (y1 - y0)
+            d.line((x0, y, x1, y), fill=(225, 225, 225))
+            d.text((x0 - 45, y - 8), f"{v:g}", fill="black")
+        for v in xticks:
+            x = x0 + (v - xr[0]) / (xr[1] - xr[0]) * (x1 - x0)
+            d.text((x - 8, y1 + 5), f"{v:g}", fill="black", font=font)
+
+        def to(x, y):
+            return (x0 + (x - xr[0]) / (xr[1] - xr[0]) * (x1 - x0),
+                    y1 - (min(max(y, yr[0]), yr[1]) - yr[0]) / (yr[1] - yr[0]) * (y1 - y0))
+        return to
+
+    # 1. offset over time
+    sync = results.get("sync", {})
+    series = {k: v["series"] for k, v in sync.items() if v.get("series")}
+    if series:
+        xmax = max(p[0] for s in series.values() for p in s) + 1
+        ys = [p[1] for s in series.values() for p in s]
+        lo, hi = math.floor(min(ys + [0]) / 50) * 50, math.ceil(max(ys + [0]) / 50) * 50
+        hi = max(hi, lo + 50)
+        to = axes((110, 60, W - 40, 380), (0, xmax), (lo, hi), "A/V offset seen by the page (beep - flash), per pair",
+                  "seconds since the page connected", "ms", range(int(lo), int(hi) + 1, 50 if hi - lo <= 400 else 100),
+                  nice_ticks(xmax))
+        d.line((*to(WARMUP_S, lo), *to(WARMUP_S, hi)), fill=(200, 200, 200))
+        d.text(to(WARMUP_S, hi), " warm-up ends", fill=(150, 150, 150))
+        for i, (name, pts) in enumerate(series.items()):
+            c = colours.get(name, (0, 0, 0))
+            xy = [to(x, y) for x, y in pts]
+            if len(xy) > 1:
+                d.line(xy, fill=c, width=2)
+            for x, y in xy:
+                d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=c)
+            s = sync[name]["offsets_ms"]
+            label = f"{name}: p50 {s.get('p50', float('nan')):+.1f} ms, p10-p90 {s.get('p10', 0):+.1f}..{s.get('p90', 0):+.1f}"
+            d.rectangle((W - 420, 70 + i * 20, W - 408, 82 + i * 20), fill=c)
+            d.text((W - 400, 70 + i * 20), label, fill="black")
+
+    # 2. fps while speaking
+    speaking = results.get("speaking", {}).get("fps_series") or []
+    if speaking:
+        to = axes((110, 460, 560, 780), (0, len(speaking)), (0, 30), "received fps, one page, continuous speech",
+                  "seconds", "fps", range(0, 31, 5), nice_ticks(len(speaking)))
+        xy = [to(i + 1, f or 0) for i, f in enumerate(speaking)]
+        if len(xy) > 1:
+            d.line(xy, fill=(31, 119, 180), width=2)
+
+    # 3. capacity
+    rows = results.get("capacity") or []
+    if rows:
+        n = len(rows)
+        to = axes((680, 460, W - 40, 780), (0.5, n + 0.5), (0, 30), "received fps per speaking-session count",
+                  "concurrent speaking sessions", "fps", range(0, 31, 5), [])
+        for r in rows:
+            xa, _ = to(r["sessions"] - 0.3, 0)
+            xb, _ = to(r["sessions"] + 0.3, 0)
+            _, ymin = to(0, r["fps_min"])
+            _, ymean = to(0, r["fps_mean"])
+            _, ybase = to(0, 0)
+            d.rectangle((xa, ymean, xb, ybase), fill=(160, 200, 235))
+            d.line((xa, ymin, xb, ymin), fill=(214, 39, 40), width=3)
+            d.text((xa, ymean - 30), f"{r['server_underrun_share']:.0%} und.", fill="black")
+            d.text(((xa + xb) / 2 - 4, ybase + 5), str(r["sessions"]), fill="black")
+        d.text((690, 832), "bar: mean fps; red: slowest page; 'und.': speech ticks the renderer missed", fill="black")
+    img.save(path)
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+
+async def run(args) -> dict:
+    from playwright.async_api import async_playwright
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    results: dict = {"seconds": args.seconds, "machine": {"cpus": os.cpu_count(), "load_before": round(load, 2)},
+                     "sync": {}}
+    if load > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores before the start: "
+              "other work on this machine will show up in these figures", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        mic = write_wav(Path(tmp) / "silence.wav", np.zeros(RATE // 2, np.int16))
+        flags = CHROMIUM_FLAGS + [f"--use-file-for-fake-audio-capture={mic}%noloop"]
+        async with async_playwright() as driver:
+            browser = await driver.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+            results["machine"]["chromium"] = browser.version
+            server = ServerProcess("media", ["--listen", "false", "--max-sessions", str(max(4, args.max_pages + 1))])
+            print("starting the server (models load first) ...", flush=True)
+            await server.start()
+            try:
+                print(f"A/V offset, {args.seconds:.0f} s after {WARMUP_S:.0f} s warm-up:", flush=True)
+                size = (512, 512)
+                probe = await open_page(browser, server.url, "stats=1")
+                await asyncio.sleep(2.5)
+                st = await probe.js("() => window.avatarClient.stats")
+                if st.get("frameWidth"):
+                    size = (st["frameWidth"], st["frameHeight"])
+                await probe.close()
+
+                base_url, stop_baseline = await start_baseline_server(*size)
+                try:
+                    results["sync"]["baseline"] = await measure_sync(browser, base_url, args.seconds,
+                                                                     f"baseline (minimal aiortc sender, {size[0]}x{size[1]})")
+                finally:
+                    await stop_baseline()
+                results["sync"]["alone"] = await measure_sync(browser, server.url, args.seconds, "server, session alone")
+
+                others = [await open_page(browser, server.url, "") for _ in range(2)]
+                talkers = [Talker(server.url, p) for p in others]
+                for t in talkers:
+                    t.start()
+                await asyncio.sleep(3)
+                try:
+                    results["sync"]["loaded"] = await measure_sync(browser, server.url, args.seconds,
+                                                                   "server, 2 other sessions speaking")
+                finally:
+                    for t in talkers:
+                        await t.stop()
+                    for p in others:
+                        await p.close()
+                b = results["sync"]["baseline"]
+                print(f"  page audio output latency {b['audio_output_latency_ms']} ms, base latency "
+                      f"{b['audio_base_latency_ms']} ms (included in every offset above)", flush=True)
+                for name in ("alone", "loaded"):
+                    sb, sx = b["offsets_ms"], results["sync"][name]["offsets_ms"]
+                    if sb.get("n") and sx.get("n"):
+                        results["sync"][name]["p50_minus_baseline_ms"] = round(sx["p50"] - sb["p50"], 1)
+                        print(f"  {name}: p50 - baseline p50 = {sx['p50'] - sb['p50']:+.1f} ms", flush=True)
+
+                print(f"Continuous speaking, {args.seconds:.0f} s:", flush=True)
+                results["speaking"] = await measure_speaking(browser, server.url, args.seconds)
+
+                if args.max_pages > 0:
+                    print("Concurrent speaking sessions:", flush=True)
+                    results["capacity"] = await measure_capacity(browser, server.url, args.max_pages,
+                                                                 max(8.0, args.seconds / 4))
+                    ok = [r["sessions"] for r in results["capacity"] if "limit" not in r]
+                    results["max_sessions_at_25fps"] = max(ok) if ok else 0
+                    print(f"  -> {results['max_sessions_at_25fps']} concurrent speaking session(s) hold 25 fps "
+                          f"with the browser on the same {os.cpu_count()} cores", flush=True)
+            finally:
+                server.stop()
+                await browser.close()
+
+            results["machine"]["load_after_media"] = round(os.getloadavg()[0], 2)
+            if not args.skip_v2v:
+                print("Voice-to-voice (listening server, echo LLM):", flush=True)
+                try:
+                    results["v2v"] = await measure_v2v(driver, args.seconds)
+                except Exception as exc:  # the listening models may be missing; the rest still counts
+                    print(f"  skipped: {exc}", flush=True)
+                    results["v2v"] = {"error": str(exc)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement window (default 60)")
+    parser.add_argument("--max-pages", type=int, default=6, help="most concurrent sessions to try (0 skips)")
+    parser.add_argument("--skip-v2v", action="store_true", help="skip the voice-to-voice run (needs ASR/VAD models)")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        raise SystemExit("needs Debian's Chromium at /usr/bin/chromium: apt-get install -y chromium")
+    results = asyncio.run(run(args))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "browser.json").write_text(json.dumps(results, indent=2))
+    plot(results, OUT / "browser.png")
+    print(f"wrote {OUT / 'browser.json'} and {OUT / 'browser.png'}")
+
+
+if __name__ == "__main__":
+    main()
