@@ -106,7 +106,7 @@ class Session:
             raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
         kinds = {t.kind for t in pc.getTransceivers()}
         if not {"audio", "video"} <= kinds:
-            raise OfferError("the offer must carry one audio and one video transceiver "
+            raise OfferError("the SDP offer must carry one audio and one video transceiver "
                              f"(got {sorted(kinds) or 'none'}); see the client in static/client.html")
         pc.addTrack(self.sink.audio)
         pc.addTrack(self.sink.video)

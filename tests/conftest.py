@@ -37,7 +37,6 @@ async def media_server(media_config, media_models):
     app = make_app(media_config, media_models)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
-    app["test_server"] = server
     yield f"http://127.0.0.1:{server.port}", app
     await server.close()
 
@@ -78,3 +77,15 @@ async def conversation_server(listen_config, listen_models):
     base_url, app, server = await start_server(listen_config, listen_models)
     yield base_url, app
     await server.close()
+
+
+async def wait_no_sessions(app, timeout: float = 10.0) -> None:
+    """Closed peers end their sessions shortly after; wait for that."""
+    import asyncio
+
+    from rtc_server.app import SESSIONS
+
+    for _ in range(int(timeout * 10)):
+        if not app[SESSIONS]:
+            return
+        await asyncio.sleep(0.1)

@@ -76,6 +76,18 @@ class Received:
     # First-packet arrival per RTP timestamp, before any jitter buffer: the wire timeline.
     wire: dict[str, dict[int, float]] = field(default_factory=lambda: {"audio": {}, "video": {}})
 
+    def wire_time(self, kind: str, pts: int) -> float | None:
+        """When the packet of a decoded frame first arrived.
+
+        aiortc's receiver rebases timestamps on the first frame out of its jitter buffer,
+        which is the first packet that arrived.
+        """
+        seen = self.wire[kind]
+        if not seen:
+            return None
+        origin = next(iter(seen))
+        return seen.get((origin + pts) % 2**32)
+
     def audio(self) -> np.ndarray:
         return np.concatenate(self.audio_chunks) if self.audio_chunks else np.zeros(0, np.int16)
 
@@ -160,7 +172,8 @@ class AvatarClient:
                 r.video_pts.append(frame.pts)
                 r.video_size = (frame.width, frame.height)
                 if self.keep_video:
-                    r.video_luma.append(frame.to_ndarray(format="gray"))
+                    # the Y plane as sent (to_ndarray(format="gray") would rescale to full range)
+                    r.video_luma.append(frame.to_ndarray(format="yuv420p")[: frame.height].copy())
         except MediaStreamError:
             pass
 

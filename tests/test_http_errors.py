@@ -1,12 +1,10 @@
 """Bad input gets a clear 4xx JSON error and breaks nothing."""
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import pytest
 
-from rtc_server.app import SESSIONS
+from tests.conftest import wait_no_sessions
 from tests.rtc_client import AvatarClient
 
 
@@ -86,6 +84,7 @@ async def test_session_routes_check_the_token(media_server, http):
 
 async def test_capacity_limit_is_503(media_server, media_config):
     base_url, app = media_server
+    await wait_no_sessions(app)
     clients = []
     try:
         for _ in range(media_config.max_sessions):
@@ -99,7 +98,4 @@ async def test_capacity_limit_is_503(media_server, media_config):
     finally:
         for c in clients:
             await c.close()
-        for _ in range(100):  # closed peers end their sessions shortly after
-            if not app[SESSIONS]:
-                break
-            await asyncio.sleep(0.1)
+        await wait_no_sessions(app)

@@ -68,7 +68,8 @@ async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
 async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
     rows, cols = mouth_box(media_models)
     r = client.received
-    rest = r.video_luma[-1][rows, cols].astype(np.float32)
+    await asyncio.sleep(2.0)
+    n_before = len(r.video_luma)
     uid = await client.say("Hello there, my name is Bob and I am happy to meet you.")
     start = await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid)
     end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
@@ -82,15 +83,28 @@ async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
     assert rms(speech) > 800, "the received audio should carry speech"
     assert rms(after) < 100, "the avatar should be silent after speech_end"
 
-    def motion(idx):
-        return np.array([np.abs(r.video_luma[i][rows, cols].astype(np.float32) - rest).mean() for i in idx])
+    def coarse(i):
+        # 8x8 block means of the mouth region: the shape of the mouth, not the codec's texture detail
+        box = r.video_luma[i][rows, cols].astype(np.float32)
+        h, w = (box.shape[0] // 8) * 8, (box.shape[1] // 8) * 8
+        return box[:h, :w].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
 
+    def motion(idx):
+        # frame-to-frame change: immune to the slow refinement of a still picture by the codec
+        return np.array([np.abs(coarse(i) - coarse(i - 1)).mean() for i in idx])
+
+    before = motion(range(n_before - 10, n_before))
     talking = motion(frames_between(r.video_times, t_start + 0.1, t_end - 0.1))
     resting = motion(frames_between(r.video_times, t_end + 0.5, t_end + 1.4))
+    print(f"mouth motion: talking max {talking.max():.2f} mean {talking.mean():.2f}, "
+          f"resting max {resting.max():.2f}, before {before.max():.2f}")
     assert len(talking) > 25
-    assert talking.max() > 6.0, f"mouth barely moved while speaking (max diff {talking.max():.1f})"
-    assert talking.std() > 1.0, "mouth should open and close, not hold one shape"
-    assert resting.max() < 2.5, f"mouth should rest after speech (diff {resting.max():.1f})"
+    print(f"mouth diff vs rest: talking max {talking.max():.1f} mean {talking.mean():.1f}, resting {resting.max():.1f}, before {before.max():.1f}")
+    assert talking.mean() > 2.0, f"mouth barely moved while speaking (mean change {talking.mean():.2f})"
+    assert (talking > 1.0).mean() > 0.5, "the mouth should keep moving through the sentence"
+    # after speech only the codec's refinement of the still picture remains
+    assert resting.mean() < 0.5 and resting.max() < 0.3 * talking.mean(), \
+        f"mouth should rest after speech (change {resting.mean():.2f}, max {resting.max():.2f})"
 
 
 async def test_audio_and_video_timelines_stay_within_one_frame_over_20_s(client):
@@ -136,10 +150,8 @@ async def test_sync_test_beep_and_flash_leave_on_the_same_tick(media_server):
         loud = [i for i, chunk in enumerate(r.audio_chunks) if rms(chunk) > 3000]
         beeps = [r.audio_pts[i] for k, i in enumerate(loud) if k == 0 or loud[k - 1] != i - 1]
         assert len(beeps) >= 3
-        wire_v = r.wire["video"]
-        wire_a = r.wire["audio"]
-        flash_times = [wire_v[p] for p in flashes if p in wire_v]
-        beep_times = [wire_a[p] for p in beeps if p in wire_a]
+        flash_times = [t for p in flashes if (t := r.wire_time("video", p)) is not None]
+        beep_times = [t for p in beeps if (t := r.wire_time("audio", p)) is not None]
         offsets = []
         for bt in beep_times:
             nearest = min(flash_times, key=lambda ft: abs(ft - bt))
