@@ -103,7 +103,7 @@ class MouthInteriorPainter:
 
         # Upper teeth: lit at the top, a touch darker at the biting edge and toward the corners.
         edge = (dt / (teeth_height + 1.0)).clamp(0.0, 1.0)
-        teeth = self.teeth * (1.0 - 0.14 * edge).unsqueeze(1)
+        teeth = self.teeth * ((1.0 - 0.14 * edge) * (1.0 - 0.5 * u2)).unsqueeze(1)
         colour = _mix(colour, teeth, (teeth_height - dt + 0.5).clamp(0.0, 1.0))
 
         # The corners of the mouth are in the cheeks' shadow.

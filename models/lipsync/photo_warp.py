@@ -182,7 +182,7 @@ class MouthRig:
         across = np.clip(1.0 - t * t, 0.0, 1.0)
         if self.gap.max() >= 0.08 * w:
             # The photo shows its teeth: keep them, and only paint their hidden biting edge.
-            reach = SEAM + 0.03 * w * np.sqrt(across)
+            reach = SEAM + 0.02 * w * np.sqrt(across)
         else:
             reach = np.maximum(0.0, 0.2 * w * across**0.25 - self.gap)
         self.teeth_reach = np.where(inside, reach, 0.0)
