@@ -79,8 +79,8 @@ async def conversation_server(listen_config, listen_models):
     await server.close()
 
 
-async def wait_no_sessions(app, timeout: float = 10.0) -> None:
-    """Closed peers end their sessions shortly after; wait for that."""
+async def wait_no_sessions(app, timeout: float = 20.0) -> None:
+    """Closed peers end their sessions shortly after (or at the connect timeout); wait for that."""
     import asyncio
 
     from rtc_server.app import SESSIONS
