@@ -121,12 +121,15 @@ class Conversation:
                 self.session.interrupt()
             self.user_speaking = True
             self.session.set_state("listening")
+        elif kind == "SpeechDiscarded":
+            if self.user_speaking:
+                self.user_speaking = False
+                self.session.set_state("idle")
         elif kind == "SpeechEnd":
             if not self.user_speaking:
                 return
             self.user_speaking = False
-            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.speech_end if hasattr(event, "speech_end") else event.t),
-                                end_of_turn=time.monotonic())
+            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic())
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing))
 
     def on_chat(self, text: str) -> dict:
