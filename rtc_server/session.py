@@ -315,6 +315,7 @@ class Session:
                 "speech_frames": s.speech_frames,
                 "idle_frames": s.idle_frames,
                 "underruns": s.underruns,
+                "repeated_frames": self.speaker.repeated_frames,
                 "late_ticks": s.late_ticks,
                 "skipped_ticks": s.skipped_ticks,
                 "queue_depth": len(self.queue),

@@ -17,6 +17,7 @@ from tracks.frame_queue import FrameQueue
 log = logging.getLogger(__name__)
 
 RENDER_BATCH = 4  # frames per trip to the worker thread: amortises hand-off, keeps first-frame latency low
+LOW_WATER = 2     # queued frames below which a late renderer is skipped rather than waited for
 
 
 class Voice(Protocol):
@@ -58,6 +59,7 @@ class Speaker:
         self.executor = executor
         self.samples_per_tick = samples_per_tick
         self.next_tick = next_tick
+        self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
 
     async def speak(self, utterance_id: str, texts: AsyncIterable[str],
                     on_first_audio: Callable[[], None] | None = None) -> int:
@@ -67,11 +69,27 @@ class Speaker:
         caller's to clear (FrameQueue.clear), and anything in flight is refused by the
         queue's generation check.
         """
-        generation = self.queue.generation
         chunks: asyncio.Queue[SpeechChunk | BaseException | None] = asyncio.Queue(maxsize=2)
         tts = asyncio.create_task(self._synthesize(texts, chunks), name=f"tts-{utterance_id}")
+        try:
+            return await self._play(utterance_id, chunks, on_first_audio)
+        finally:
+            tts.cancel()
+
+    async def speak_chunks(self, utterance_id: str, speech: list[SpeechChunk]) -> int:
+        """Queue ready-made speech (e.g. a user's WAV, no phonemes) as one utterance."""
+        chunks: asyncio.Queue[SpeechChunk | BaseException | None] = asyncio.Queue()
+        for chunk in speech:
+            chunks.put_nowait(chunk)
+        chunks.put_nowait(None)
+        return await self._play(utterance_id, chunks, None)
+
+    async def _play(self, utterance_id: str, chunks: asyncio.Queue,
+                    on_first_audio: Callable[[], None] | None) -> int:
+        generation = self.queue.generation
         loop = asyncio.get_running_loop()
         held: AVFrame | None = None
+        last_video: np.ndarray | None = None
         queued = 0
         try:
             while (chunk := await chunks.get()) is not None:
@@ -87,12 +105,20 @@ class Speaker:
                     raise SpeechFailed("render", exc) from exc
                 audio = split_ticks(chunk.audio, self.samples_per_tick)
                 n = min(source.n_frames, len(audio))
+                last_video = None  # each chunk opens with a rendered batch
                 for start in range(0, n, RENDER_BATCH):
                     count = min(RENDER_BATCH, n - start)
-                    try:
-                        videos = await loop.run_in_executor(self.executor, source.render, start, count)
-                    except Exception as exc:
-                        raise SpeechFailed("render", exc) from exc
+                    if last_video is not None and len(self.queue) < LOW_WATER:
+                        # The renderer cannot keep up: repeat the last picture for this batch so
+                        # the audio keeps flowing on time (video drops frames, sync is kept).
+                        videos = [last_video] * count
+                        self.repeated_frames += count
+                    else:
+                        try:
+                            videos = await loop.run_in_executor(self.executor, source.render, start, count)
+                        except Exception as exc:
+                            raise SpeechFailed("render", exc) from exc
+                        last_video = videos[-1]
                     for i, video in enumerate(videos):
                         frame = AVFrame(video=video, audio=audio[start + i], utterance_id=utterance_id,
                                         first=held is None and queued == 0)
@@ -103,7 +129,6 @@ class Speaker:
                             queued += 1
                         held = frame
         finally:
-            tts.cancel()
             # Whatever happened, a started utterance ends with a last frame on the clock.
             if held is not None and self.queue.generation == generation:
                 if await self.queue.put(dataclasses.replace(held, last=True), generation):
