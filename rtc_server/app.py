@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
@@ -21,7 +22,9 @@ from rtc_server.session import OfferError, Session, validate_text
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = 256 * 1024          # JSON bodies
+MAX_AUDIO_BYTES = 16 * 1024 * 1024    # speak_audio uploads
+MAX_AUDIO_SECONDS = 120.0
 
 CONFIG = web.AppKey("config", Config)
 SESSIONS = web.AppKey("sessions", dict)
@@ -82,6 +85,8 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise HttpError(413, f"body too large (limit {MAX_BODY_BYTES} bytes)") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise HttpError(413, f"body too large ({len(raw)} bytes; limit {MAX_BODY_BYTES})")
     try:
         data = json.loads(raw or b"null")
     except ValueError:
@@ -195,6 +200,32 @@ async def chat(request: web.Request) -> web.Response:
     return web.json_response(session.on_chat(text), status=202)
 
 
+async def speak_audio(request: web.Request) -> web.Response:
+    """A WAV (or any audio FFmpeg reads) as the body, or as the file of a multipart form."""
+    session = session_for(request)
+    if request.content_length is not None and request.content_length > MAX_AUDIO_BYTES:
+        raise HttpError(413, f"audio too large ({request.content_length} bytes; limit {MAX_AUDIO_BYTES})")
+    try:
+        if request.content_type.startswith("multipart/"):
+            data = b""
+            async for part in await request.multipart():
+                if part.filename or part.name in ("file", "audio"):
+                    data = await part.read(decode=False)
+                    break
+        else:
+            data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, f"audio too large (limit {MAX_AUDIO_BYTES} bytes)") from None
+    loop = asyncio.get_running_loop()
+    try:
+        pcm = await loop.run_in_executor(request.app[EXECUTOR], decode_audio, data,
+                                         session.config.sample_rate, MAX_AUDIO_SECONDS)
+    except AudioFileError as exc:
+        raise HttpError(400, str(exc)) from None
+    return web.json_response({"utterance_id": session.speak_audio(pcm),
+                              "duration_s": round(len(pcm) / session.config.sample_rate, 2)}, status=202)
+
+
 async def interrupt(request: web.Request) -> web.Response:
     session = session_for(request)
     return web.json_response({"interrupted": session.interrupt()})
@@ -229,7 +260,7 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
 
 def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
     """Build the app around ready models, or a loader run in the background at start-up."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_AUDIO_BYTES)
     app[CONFIG] = config
     app[SESSIONS] = {}
     app[ATTACHERS] = []
@@ -261,6 +292,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app.router.add_post("/offer", offer)
     app.router.add_post("/sessions/{session_id}/say", say)
     app.router.add_post("/sessions/{session_id}/chat", chat)
+    app.router.add_post("/sessions/{session_id}/speak_audio", speak_audio)
     app.router.add_post("/sessions/{session_id}/interrupt", interrupt)
     app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_delete("/sessions/{session_id}", delete_session)

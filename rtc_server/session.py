@@ -13,6 +13,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from models.lipsync.renderer import LipSyncRenderer
+from models.speech import SpeechChunk
 from rtc_server.config import Config
 from rtc_server.events import BadMessage, EventChannel, InterruptMessage, SayMessage, State, parse_client_message
 from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
@@ -178,6 +179,18 @@ class Session:
         self._utterances[uid] = task
         return uid
 
+    def speak_audio(self, pcm: np.ndarray) -> str:
+        """Play int16 mono audio at the output rate with lip-sync read from the audio itself."""
+        uid = self.new_utterance_id()
+        chunk = SpeechChunk(text="", audio=pcm, sample_rate=self.config.sample_rate, phonemes=None)
+        task = self._spawn(self._run_chunks(uid, [chunk]), f"utterance-{uid}")
+        self._utterances[uid] = task
+        return uid
+
+    async def _run_chunks(self, uid: str, chunks: list[SpeechChunk]) -> None:
+        async with self._speak_lock:
+            await self._finish_run(uid, self.speaker.speak_chunks(uid, chunks))
+
     def watch_utterance(self, uid: str, on_air: Callable[[], None]) -> None:
         """Call `on_air` when the first frame of `uid` leaves on the clock."""
         self._on_air_callbacks[uid] = on_air
@@ -185,14 +198,17 @@ class Session:
     async def _run_utterance(self, uid: str, texts: AsyncIterable[str],
                              on_first_audio: Callable[[], None] | None) -> None:
         async with self._speak_lock:
-            try:
-                queued = await self.speaker.speak(uid, texts, on_first_audio)
-            except SpeechFailed as exc:
-                self.report_error(exc.stage, f"speech {exc.stage} failed: {exc.cause}")
-                queued = 0
-            if uid in self._utterances and not self._on_air(uid) and queued == 0:
-                # Nothing will ever leave on the clock for it: end it here.
-                self._end_utterance(uid, interrupted=True)
+            await self._finish_run(uid, self.speaker.speak(uid, texts, on_first_audio))
+
+    async def _finish_run(self, uid: str, production) -> None:
+        """Await an utterance's production; end it here if nothing of it will ever play."""
+        try:
+            queued = await production
+        except SpeechFailed as exc:
+            self.report_error(exc.stage, f"speech {exc.stage} failed: {exc.cause}")
+            queued = 0
+        if uid in self._utterances and not self._on_air(uid) and queued == 0:
+            self._end_utterance(uid, interrupted=True)
 
     def _on_air(self, uid: str) -> bool:
         return self.stream.current_utterance == uid or self.queue.holds(uid)

@@ -206,7 +206,8 @@ class AvatarClient:
 
     async def request(self, method: str, path: str, **kwargs) -> tuple[int, dict | None]:
         assert self.http is not None
-        async with self.http.request(method, self.base_url + path, headers=self.auth(), **kwargs) as resp:
+        headers = {**self.auth(), **kwargs.pop("headers", {})}
+        async with self.http.request(method, self.base_url + path, headers=headers, **kwargs) as resp:
             body = await resp.json() if resp.content_type == "application/json" else None
             return resp.status, body
 
