@@ -112,7 +112,15 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
         return recognizer
 
     bundle.asr = _timed("ASR (faster-whisper)", bundle.timings, progress, asr)
-    bundle.llm = _timed(f"LLM ({config.llm})", bundle.timings, progress, lambda: build_chat_model(config))
+    def llm():
+        from models.llm.conversation import load_persona
+
+        model = build_chat_model(config)
+        if hasattr(model, "warmup"):
+            model.warmup(load_persona(config.persona))  # puts the persona in llama.cpp's prefix cache
+        return model
+
+    bundle.llm = _timed(f"LLM ({config.llm})", bundle.timings, progress, llm)
 
 
 def build_chat_model(config):

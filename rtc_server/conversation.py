@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import AsyncIterator
 
 import av
@@ -14,7 +14,8 @@ import numpy as np
 from aiohttp import web
 
 from models.bundle import ModelBundle
-from models.llm import ChatHistory, ClauseSplitter, DEFAULT_SYSTEM_PROMPT, LLMError
+from models.llm import ChatHistory, ClauseSplitter, LLMError
+from models.llm.conversation import load_persona
 from rtc_server.session import Session
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,6 @@ class TurnTiming:
             "first_frame": span(self.tts_first_audio, self.first_frame),
             "server_total": span(self.speech_end if self.source == "voice" else start, self.first_frame),
         }
-
-
-def load_persona(persona: str | None) -> str:
-    if not persona:
-        return DEFAULT_SYSTEM_PROMPT
-    if persona.startswith("@"):
-        path = Path(persona[1:]).expanduser()
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SystemExit(f"--persona {persona}: cannot read {path}: {exc.strerror}") from None
-    return persona
 
 
 class Conversation:
@@ -183,7 +172,8 @@ class Conversation:
         session = self.session
         session.set_state("thinking")
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
-        splitter = ClauseSplitter()
+        # SmolLM-sized models ramble: three spoken sentences are an answer, the rest is cut.
+        splitter = ClauseSplitter(max_sentences=3)
         reply = ""
         uid: str | None = None
         self.turns.append(timing)
@@ -203,13 +193,16 @@ class Conversation:
                 session.watch_utterance(uid, lambda: self._on_air(timing))
 
         try:
-            async for delta in self.llm.stream(self.history.messages(pending_user=text)):
-                if timing.llm_first_token is None:
-                    timing.llm_first_token = time.monotonic()
-                reply += delta
-                session.events.send({"type": "reply", "text": reply, "final": False})
-                for clause in splitter.feed(delta):
-                    queue_clause(clause)
+            async with aclosing(self.llm.stream(self.history.messages(pending_user=text))) as deltas:
+                async for delta in deltas:
+                    if timing.llm_first_token is None:
+                        timing.llm_first_token = time.monotonic()
+                    reply += delta
+                    session.events.send({"type": "reply", "text": reply, "final": False})
+                    for clause in splitter.feed(delta):
+                        queue_clause(clause)
+                    if splitter.done:
+                        break  # closing the stream stops the generation
             rest = splitter.flush()
             if rest:
                 queue_clause(rest)

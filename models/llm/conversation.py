@@ -1,6 +1,8 @@
 """Per-session chat history, bounded so prompts (and prompt-processing time) stay small."""
 from __future__ import annotations
 
+from pathlib import Path
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant shown as a talking face. "
     "Your words are spoken aloud, so answer in one to three short, natural sentences. "
@@ -58,3 +60,16 @@ class ChatHistory:
         # The history must open with a user message, never with a dangling reply.
         while self._turns and self._turns[0]["role"] != "user":
             del self._turns[0]
+
+
+def load_persona(persona: str | None) -> str:
+    """The system prompt: the built-in one, the given text, or the contents of @FILE."""
+    if not persona:
+        return DEFAULT_SYSTEM_PROMPT
+    if persona.startswith("@"):
+        path = Path(persona[1:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"--persona {persona}: cannot read {path}: {exc.strerror}") from None
+    return persona
