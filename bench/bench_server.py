@@ -1,0 +1,543 @@
+"""Media-core figures of the server, measured on this machine.
+
+    python bench/bench_server.py                  # everything (~8-12 min on a 2-core box)
+    python bench/bench_server.py --quick          # shorter windows, fewer utterances
+    python bench/bench_server.py --only say       # one of: render, idle, say, sessions
+    python bench/bench_server.py --decode         # clients decode video too (costs the box CPU)
+
+1. render:   PhotoWarpRenderer frames/s on one core (torch 1 thread; then also pinned to CPU 0),
+             FrameSources of real Piper speech, rendered in the server's batches (RENDER_BATCH).
+2. idle:     CPU of one streaming session, the server alone in its own process (run.py), read
+             from /proc/PID/stat: idle, and speaking continuously.
+3. say:      POST /say -> first speech frame on the wire, at the client (same machine, same
+             CLOCK_MONOTONIC), for one-sentence texts; plus the server's speech_start event.
+4. sessions: how many concurrent sessions hold 25 fps, speaking continuously and idle.
+
+The clients are real aiortc peers (tests/rtc_client.py) in this process. By default their
+video is received, reassembled and timed but not decoded (bench/common.py LightClient), so
+the clients' VP8 decoding does not take CPU from the server on the same two cores; audio
+is decoded. Every figure says how it was measured; all of them go to bench/out/server.json
+(merged with what earlier runs wrote there, so --only runs add up).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import OUT, CpuWindow, LightClient, ServerProcess, load_average  # noqa: E402
+
+FPS = 25
+SAMPLES_PER_TICK = 48_000 // FPS
+SILENCE_PEAK = 32        # decoded Opus of digital silence stays far below this (measured and printed)
+AUDIBLE_PEAK = 328       # -40 dBFS
+TARGET_RENDER_FPS = 200
+TARGET_IDLE_CPU = 15.0
+TARGET_SAY_MS = 150.0
+HOLD_FPS = 24.5
+
+SENTENCES = [
+    "The weather is lovely this morning.",
+    "Please close the door behind you.",
+    "I will call you back in ten minutes.",
+    "Thanks for waiting so patiently today.",
+    "Your package should arrive on Friday afternoon.",
+    "Let me check that for you right away.",
+    "The museum opens at nine every weekday.",
+    "We could meet near the station instead.",
+    "My favourite colour has always been green.",
+    "Turn left after the second traffic light.",
+]
+
+LONG_TEXTS = [
+    "Good afternoon, and welcome to the tour. Today we walk through the old harbour district, "
+    "where fishing boats have landed their catch for more than three hundred years. On your left "
+    "you can see the customs house, built of grey stone after the great fire. Its clock tower still "
+    "keeps time for the whole quarter, and every evening at six a bell reminds the sailors that the "
+    "market is about to close. Further along the quay the warehouses have become small workshops, "
+    "bakeries and a school for boat builders. If you are hungry, the soup at the corner cafe is "
+    "famous, and nobody has ever left it still hungry. Please stay close to the group as we cross "
+    "the bridge, because the pavement is narrow and the cyclists are fast.",
+    "Here is a short summary of your account. Your last payment arrived on the fourth of the month "
+    "and was applied to the balance the same day. There are no open invoices at the moment. Your "
+    "plan renews automatically at the end of next month, and the price stays the same as this year. "
+    "If you would like to change the delivery address, open the settings page and choose the profile "
+    "tab. You can also add a second contact person who will receive copies of every message. Should "
+    "you have any further questions, simply ask, and I will do my best to answer them right away. "
+    "Thank you for being a customer for so many years; it is a pleasure to help you.",
+    "Let us go through the recipe step by step. First, warm the oven to two hundred degrees and "
+    "line a tray with baking paper. Chop two onions, three carrots and a handful of mushrooms into "
+    "small pieces. Fry the onions slowly in a little olive oil until they turn soft and golden, then "
+    "add the carrots and the mushrooms and stir for five more minutes. Season with salt, pepper and "
+    "a pinch of dried thyme. Spread the vegetables on the tray, pour a cup of cream over them and "
+    "cover everything with grated cheese. Bake for twenty minutes, until the top is brown and "
+    "bubbling. Let it rest for a moment before serving, because it will be very hot.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else float("nan")
+
+
+def section(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 78 - len(title)), flush=True)
+
+
+# ---- 1. renderer frames/s on one core --------------------------------------------------------
+
+
+def bench_render(quick: bool) -> dict:
+    import torch
+
+    from models.bundle import build_renderer
+    from models.tts import PiperTTS
+    from rtc_server.config import Config
+    from rtc_server.speaker import RENDER_BATCH
+
+    section("1. renderer frames/s on one core (default PhotoWarpRenderer, default avatar)")
+    torch.set_num_threads(1)
+    config = Config(listen=False)
+    renderer = build_renderer(config, "cpu")
+    tts = PiperTTS(sample_rate=config.sample_rate, intra_op_threads=1)
+    chunks = [chunk for text in LONG_TEXTS[:2] for chunk in tts.synthesize(text)]
+    speech_s = sum(c.duration for c in chunks)
+    min_frames = 200
+    min_seconds = 2.0 if quick else 5.0
+    print(f"avatar {config.avatar} {renderer.width}x{renderer.height} (warped crop {renderer.crop.width}x"
+          f"{renderer.crop.height}); {len(chunks)} Piper chunks, {speech_s:.1f} s of speech; "
+          f"batches of {RENDER_BATCH} (rtc_server.speaker.RENDER_BATCH); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread")
+
+    def run() -> dict:
+        # warm-up: one batch (first calls allocate)
+        renderer.begin(chunks[0], 0).render(0, RENDER_BATCH)
+        frames = begins = 0
+        render_s = begin_s = 0.0
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        load0 = CpuWindow(None)
+        while frames < min_frames or time.perf_counter() - wall0 < min_seconds:
+            for chunk in chunks:
+                t = time.perf_counter()
+                source = renderer.begin(chunk, 0)
+                begin_s += time.perf_counter() - t
+                begins += 1
+                for start in range(0, source.n_frames, RENDER_BATCH):
+                    count = min(RENDER_BATCH, source.n_frames - start)
+                    t = time.perf_counter()
+                    frames += len(source.render(start, count))
+                    render_s += time.perf_counter() - t
+        wall = time.perf_counter() - wall0
+        cpu = time.thread_time() - cpu0
+        machine = load0.share()
+        return {
+            "frames": frames,
+            "fps_render": frames / render_s,
+            "fps_with_begin": frames / (render_s + begin_s),
+            "fps_per_cpu_second": frames / cpu,
+            "ms_per_frame": 1000 * render_s / frames,
+            "begin_ms_per_chunk": 1000 * begin_s / begins,
+            "cpu_over_wall": cpu / wall,
+            "machine_busy_pct": machine.machine_pct,
+        }
+
+    results = {}
+    old_affinity = os.sched_getaffinity(0)
+    for label, cpus in (("one_thread", None), ("pinned_cpu0", {0})):
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        try:
+            r = run()
+        finally:
+            os.sched_setaffinity(0, old_affinity)
+        results[label] = r
+        verdict = "meets" if r["fps_render"] >= TARGET_RENDER_FPS else "MISSES"
+        print(f"{label:>12}: {r['fps_render']:.0f} frames/s ({r['ms_per_frame']:.2f} ms/frame) over {r['frames']} "
+              f"frames -> {verdict} the {TARGET_RENDER_FPS} target; with begin() per chunk "
+              f"{r['fps_with_begin']:.0f} frames/s (begin {r['begin_ms_per_chunk']:.1f} ms/chunk); "
+              f"per CPU-second {r['fps_per_cpu_second']:.0f} (this thread got {100 * r['cpu_over_wall']:.0f} % "
+              f"of the wall time; machine busy {r['machine_busy_pct']:.0f} % of one core)")
+    print("how: wall time of FrameSource.render(start, 4) calls only (begin() timed separately), the exact "
+          "path Speaker takes; 'per CPU-second' divides by this thread's CPU time instead, which other "
+          "processes on the box cannot lower.")
+    results.update(avatar=config.avatar, width=renderer.width, height=renderer.height, batch=RENDER_BATCH,
+                   target_fps=TARGET_RENDER_FPS)
+    return results
+
+
+# ---- clients ---------------------------------------------------------------------------------
+
+
+async def connect(url: str, decode: bool) -> LightClient:
+    client = LightClient(url, decode_video=decode)
+    await client.connect()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len(client.received.wire["video"]) > 5 and len(client.received.audio_times) > 10:
+            return client
+        await asyncio.sleep(0.05)
+    await client.close()
+    raise TimeoutError("media did not start flowing within 30 s")
+
+
+async def close_all(clients: list[LightClient]) -> None:
+    for c in clients:
+        try:
+            await c.request("DELETE", f"/sessions/{c.session_id}")
+        except Exception:  # the session may already be gone; closing the peer is what matters
+            pass
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def is_event(kind: str, uid: str):
+    return lambda e: e.get("type") == kind and e.get("utterance_id") == uid
+
+
+async def keep_talking(client: LightClient, started: asyncio.Event, offset: int = 0) -> None:
+    """Say long texts back to back: one utterance on air, the next one already posted."""
+    i = offset
+    while True:
+        uid = await client.say(LONG_TEXTS[i % len(LONG_TEXTS)])
+        i += 1
+        await client.wait_event(
+            lambda e, u=uid: e.get("utterance_id") == u and e.get("type") in ("speech_start", "speech_end"),
+            timeout=120)
+        started.set()
+
+
+async def stop_talking(clients: list[LightClient], talkers: list[asyncio.Task]) -> None:
+    for t in talkers:
+        t.cancel()
+    await asyncio.gather(*talkers, return_exceptions=True)
+    for c in clients:
+        try:
+            await c.request("POST", f"/sessions/{c.session_id}/interrupt")
+        except Exception:
+            pass
+
+
+async def stats(client: LightClient) -> dict:
+    status, body = await client.request("GET", f"/sessions/{client.session_id}")
+    if status != 200 or body is None:
+        raise RuntimeError(f"GET /sessions/{client.session_id} answered {status}: {body}")
+    return body["stats"]
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before[k] for k in after if isinstance(after[k], (int, float)) and k in before}
+
+
+# ---- 2. CPU of one session --------------------------------------------------------------------
+
+
+async def bench_idle(server: ServerProcess, quick: bool, decode: bool) -> dict:
+    section("2. CPU of one streaming session (server alone in its own process)")
+    window = 8.0 if quick else 20.0
+    warm = 3.0
+    out: dict = {"window_s": window, "warmup_s": warm}
+
+    w = CpuWindow(server.pid)
+    await asyncio.sleep(min(5.0, window))
+    share = w.share()
+    out["no_session"] = vars(share)
+    print(f"no session:       {share.describe()}")
+
+    client = await connect(server.url, decode)
+    try:
+        await asyncio.sleep(warm)
+        s0 = await stats(client)
+        w = CpuWindow(server.pid)
+        await asyncio.sleep(window)
+        share = w.share()
+        d = delta(await stats(client), s0)
+        out["idle"] = {**vars(share), "stream": d}
+        verdict = "meets" if share.server_pct < TARGET_IDLE_CPU else "MISSES"
+        print(f"1 idle session:   {share.describe()}  -> {verdict} the < {TARGET_IDLE_CPU:.0f} % target")
+        print(f"                  ticks {d['ticks']}, video sent {d['video_sent']}, late {d['late_ticks']}")
+
+        started = asyncio.Event()
+        talker = asyncio.create_task(keep_talking(client, started))
+        try:
+            await asyncio.wait_for(started.wait(), 60)
+            await asyncio.sleep(warm)
+            s0 = await stats(client)
+            w = CpuWindow(server.pid)
+            await asyncio.sleep(window)
+            share = w.share()
+            d = delta(await stats(client), s0)
+        finally:
+            await stop_talking([client], [talker])
+        out["speaking"] = {**vars(share), "stream": d}
+        print(f"1 speaking sess.: {share.describe()}")
+        print(f"                  speech frames {d['speech_frames']}/{d['ticks']} ticks, underruns "
+              f"{d['underruns']}, late {d['late_ticks']}")
+    finally:
+        await close_all([client])
+    print(f"how: utime+stime of the run.py process from /proc/{server.pid}/stat over the window after "
+          f"{warm:.0f} s of streaming; one aiortc client in this process ({'decoding' if decode else 'not decoding'}"
+          " video); speaking = /say of long texts back to back (Piper + render + VP8/Opus encode).")
+    out["target_pct"] = TARGET_IDLE_CPU
+    return out
+
+
+# ---- 3. /say -> first speech frame on the wire -------------------------------------------------
+
+
+def first_speech(client: LightClient, t0: float) -> dict:
+    """The first speech audio after t0 on the client's wire timeline."""
+    r = client.received
+    order = np.argsort(r.audio_pts)
+    first_nonzero = first_audible = None
+    for i in order:
+        pts = r.audio_pts[i]
+        wire = r.wire_time("audio", pts)
+        if wire is None or wire < t0:
+            continue
+        peak = int(np.abs(r.audio_chunks[i].astype(np.int32)).max())
+        if first_nonzero is None and peak > SILENCE_PEAK:
+            first_nonzero = pts
+        if peak > AUDIBLE_PEAK:
+            first_audible = (pts, wire)
+            break
+    if first_nonzero is None or first_audible is None:
+        return {}
+    tick_pts = first_nonzero - first_nonzero % SAMPLES_PER_TICK  # the speech frame's first 20 ms packet
+    return {"frame_wire": r.wire_time("audio", tick_pts), "audible_wire": first_audible[1]}
+
+
+def noise_floor(client: LightClient, t_from: float, t_to: float) -> int:
+    r = client.received
+    peaks = [int(np.abs(c.astype(np.int32)).max()) for t, c in zip(r.audio_times, r.audio_chunks)
+             if t_from <= t <= t_to]
+    return max(peaks, default=0)
+
+
+def tts_first_chunk_ms(texts: list[str]) -> list[float]:
+    from models.tts import PiperTTS
+
+    tts = PiperTTS(sample_rate=48_000, intra_op_threads=1)  # as models.bundle does on <= 2 cores
+    tts.warmup()
+    times = []
+    for text in texts:
+        t = time.perf_counter()
+        next(iter(tts.synthesize(text)))
+        times.append(1000 * (time.perf_counter() - t))
+    return times
+
+
+async def bench_say(server: ServerProcess, quick: bool, decode: bool) -> dict:
+    section("3. POST /say -> first speech frame on the wire (one-sentence texts)")
+    texts = SENTENCES[:5] if quick else SENTENCES
+    client = await connect(server.url, decode)
+    rows = []
+    floors = []
+    try:
+        await asyncio.sleep(2.0)
+        rng = random.Random(7)
+        for text in texts:
+            await asyncio.sleep(0.3 + rng.random() * 0.4)  # land on a random phase of the tick
+            floors.append(noise_floor(client, time.monotonic() - 0.3, time.monotonic()))
+            t0 = time.monotonic()
+            uid = await client.say(text)
+            t_http = time.monotonic()
+            start = await client.wait_event(is_event("speech_start", uid), timeout=30)
+            t_event = next(t for t, e in reversed(client.events) if e is start)
+            await client.wait_event(is_event("speech_end", uid), timeout=30)
+            await asyncio.sleep(0.2)
+            found = first_speech(client, t0)
+            if not found:
+                print(f"  (no speech audio found for {text!r})")
+                continue
+            row = {"text": text, "words": len(text.split()),
+                   "frame_ms": 1000 * (found["frame_wire"] - t0),
+                   "audible_ms": 1000 * (found["audible_wire"] - t0),
+                   "event_ms": 1000 * (t_event - t0), "http_ms": 1000 * (t_http - t0)}
+            rows.append(row)
+            print(f"  {row['frame_ms']:6.0f} ms frame  {row['audible_ms']:6.0f} ms audible  "
+                  f"{row['event_ms']:6.0f} ms speech_start  ({row['http_ms']:.0f} ms HTTP)  {text}")
+    finally:
+        await close_all([client])
+
+    tts_ms = tts_first_chunk_ms(texts)
+    out: dict = {"n": len(rows), "rows": rows, "idle_audio_peak_max": max(floors, default=0),
+                 "tts_alone_ms": tts_ms, "target_ms": TARGET_SAY_MS}
+    for key in ("frame_ms", "audible_ms", "event_ms"):
+        values = [r[key] for r in rows]
+        out[key] = {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values, default=float("nan"))}
+    f, a, e = out["frame_ms"], out["audible_ms"], out["event_ms"]
+    verdict = "meets" if f["p50"] < TARGET_SAY_MS else "MISSES"
+    print(f"first speech frame on the wire:  p50 {f['p50']:.0f} ms, p95 {f['p95']:.0f} ms, max {f['max']:.0f} ms "
+          f"(n={len(rows)}) -> {verdict} the < {TARGET_SAY_MS:.0f} ms target")
+    print(f"first audible audio (-40 dBFS):  p50 {a['p50']:.0f} ms, p95 {a['p95']:.0f} ms, max {a['max']:.0f} ms")
+    print(f"server's speech_start event:     p50 {e['p50']:.0f} ms, p95 {e['p95']:.0f} ms, max {e['max']:.0f} ms "
+          "(data-channel arrival at the client)")
+    print(f"Piper alone, first chunk of the same texts (this process, 1 thread, server idle): "
+          f"p50 {percentile(tts_ms, 50):.0f} ms, max {max(tts_ms):.0f} ms")
+    print("how: t0 = time.monotonic() in this process just before POST /say; the first speech frame is the tick "
+          f"whose audio first rises above {SILENCE_PEAK} (idle ticks decode to peak <= {out['idle_audio_peak_max']}), "
+          "timed by its first RTP packet's arrival (received.wire, before the jitter buffer). It includes: the HTTP "
+          "request, Piper synthesizing the whole first sentence, renderer.begin + the first batch of 4 frames "
+          "(executor threads), waiting for the next clock tick (0-40 ms), the tick's yuv->VideoFrame and Opus "
+          "encode, SRTP and loopback UDP. 'Audible' adds Piper's leading near-silence (~30-50 ms).")
+    return out
+
+
+# ---- 4. sessions that hold 25 fps --------------------------------------------------------------
+
+
+async def measure_sessions(server: ServerProcess, n: int, speaking: bool, window: float,
+                           decode: bool) -> dict:
+    clients: list[LightClient] = []
+    talkers: list[asyncio.Task] = []
+    try:
+        for _ in range(n):
+            clients.append(await connect(server.url, decode))
+        if speaking:
+            events = [asyncio.Event() for _ in clients]
+            talkers = [asyncio.create_task(keep_talking(c, ev, offset=i))
+                       for i, (c, ev) in enumerate(zip(clients, events))]
+            await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), 120)
+        await asyncio.sleep(3.0)
+        before = [await stats(c) for c in clients]
+        cpu = CpuWindow(server.pid)
+        w0 = time.monotonic()
+        await asyncio.sleep(window)
+        w1 = time.monotonic()
+        share = cpu.share()
+        after = [await stats(c) for c in clients]
+    finally:
+        await stop_talking(clients, talkers)
+        await close_all(clients)
+    sessions = []
+    for c, b, a in zip(clients, before, after):
+        d = delta(a, b)
+        wire = sum(1 for t in c.video_wire_times() if w0 <= t < w1)
+        complete = sum(1 for t in c.complete_video if w0 <= t < w1) if not decode else \
+            sum(1 for t in c.received.video_times if w0 <= t < w1)
+        ticks = max(1, d["ticks"])
+        sessions.append({
+            "fps_wire": wire / (w1 - w0), "fps_complete": complete / (w1 - w0),
+            "underruns": d["underruns"], "late_ticks": d["late_ticks"], "skipped_ticks": d["skipped_ticks"],
+            "video_dropped": d["video_dropped"], "speech_share": d["speech_frames"] / ticks, "ticks": d["ticks"],
+        })
+    allowed_underruns = max(2, round(0.01 * window * FPS))
+    holds = all(s["fps_wire"] >= HOLD_FPS and s["underruns"] <= allowed_underruns and s["skipped_ticks"] == 0
+                for s in sessions)
+    if speaking:
+        holds = holds and all(s["speech_share"] > 0.5 for s in sessions)
+    return {"n": n, "holds": holds, "sessions": sessions, "cpu": vars(share),
+            "allowed_underruns": allowed_underruns}
+
+
+async def bench_sessions(server: ServerProcess, quick: bool, decode: bool, counts: list[int]) -> dict:
+    window = 6.0 if quick else 15.0
+    out: dict = {"window_s": window, "counts": counts, "decode_video": decode}
+    for speaking in (True, False):
+        label = "speaking" if speaking else "idle"
+        section(f"4. sessions holding 25 fps ({label})")
+        steps = []
+        best = 0
+        for n in counts:
+            if not await server.wait_sessions(0, 30):
+                print("  (previous sessions did not close within 30 s; stopping)")
+                break
+            try:
+                step = await measure_sessions(server, n, speaking, window, decode)
+            except (TimeoutError, asyncio.TimeoutError, RuntimeError) as exc:
+                print(f"  {n:2d} sessions: could not run ({exc}); counted as failing")
+                steps.append({"n": n, "holds": False, "error": str(exc)})
+                break
+            steps.append(step)
+            ss = step["sessions"]
+            fps = [s["fps_wire"] for s in ss]
+            print(f"  {n:2d} sessions: fps min {min(fps):5.2f} mean {statistics.mean(fps):5.2f} | underruns max "
+                  f"{max(s['underruns'] for s in ss):3d} | late ticks max {max(s['late_ticks'] for s in ss):3d} | "
+                  f"sender drops max {max(s['video_dropped'] for s in ss):3d} | speech "
+                  f"{100 * min(s['speech_share'] for s in ss):3.0f}% | server CPU {step['cpu']['server_pct']:5.1f} %, "
+                  f"clients {step['cpu']['bench_pct']:5.1f} %, rest {step['cpu']['others_pct']:5.1f} % "
+                  f"-> {'holds' if step['holds'] else 'FAILS'}")
+            if not step["holds"]:
+                break
+            best = n
+        out[label] = {"largest_passing": best, "steps": steps}
+        print(f"largest count holding 25 fps ({label}): {best}")
+    print(f"how: N aiortc peers in this process ({'decoding' if decode else 'not decoding'} video), each its own "
+          f"session on run.py --max-sessions 16; after 3 s (and every session's first speech_start when speaking) "
+          f"a {window:.0f} s window: fps = video RTP timestamps whose first packet arrived in it; underruns/late/"
+          "skipped ticks are deltas of GET /sessions/{id} stats. Holds = every session >= 24.5 fps, underruns "
+          "<= 1 % of the window's ticks (min 2), no skipped ticks, and (speaking) > 50 % of ticks speech. "
+          "Stops at the first count that fails.")
+    return out
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def write_results(update: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "server.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.update(update)
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+async def run_server_benches(args, results: dict) -> None:
+    server = ServerProcess("bench", ["--listen", "false", "--max-sessions", "16"])
+    try:
+        loaded = await server.start()
+        print(f"\nserver: run.py --listen false --max-sessions 16 on {server.url} (pid {server.pid}), ready in "
+              f"{loaded:.1f} s; log {server.log_path.relative_to(ROOT)}")
+        if "idle" in args.only:
+            results["idle_cpu"] = await bench_idle(server, args.quick, args.decode)
+            write_results(results)
+        if "say" in args.only:
+            results["say_latency"] = await bench_say(server, args.quick, args.decode)
+            write_results(results)
+        if "sessions" in args.only:
+            counts = [int(c) for c in args.counts.split(",")]
+            results["sessions"] = await bench_sessions(server, args.quick, args.decode, counts)
+            write_results(results)
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter windows and fewer utterances")
+    parser.add_argument("--only", action="append", choices=["render", "idle", "say", "sessions"],
+                        help="run only these parts (repeatable); default all")
+    parser.add_argument("--decode", action="store_true", help="clients decode the video (default: receive only)")
+    parser.add_argument("--counts", default="1,2,4,6,8,10,12,14,16", help="session counts to try, in order")
+    args = parser.parse_args()
+    args.only = args.only or ["render", "idle", "say", "sessions"]
+
+    results: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": load_average(),
+                                 "when": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in load_average())} "
+          "(other processes on this box share the cores; each window reports what they used)")
+    if "render" in args.only:
+        results["render"] = bench_render(args.quick)
+        write_results(results)
+    if set(args.only) & {"idle", "say", "sessions"}:
+        asyncio.run(run_server_benches(args, results))
+    results["machine"]["loadavg_at_end"] = load_average()
+    path = write_results(results)
+    print(f"\nwrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
