@@ -184,3 +184,28 @@ async def test_local_llm_answers_out_loud(local_llm_server):
         assert rms(audio_since(client, t_start, t_start + 1.0)) > 500
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="module")
+async def kiosk_server(listen_config, listen_models):
+    """Barge-in off: the speakers of a kiosk reach its microphone."""
+    base_url, app, server = await start_server(dataclasses.replace(listen_config, barge_in=False), listen_models)
+    yield base_url
+    await server.close()
+
+
+async def test_without_barge_in_the_avatar_talks_through_user_speech(kiosk_server):
+    client, mic = await connect(kiosk_server)
+    try:
+        uid = await client.say(LONG_ANSWER)
+        await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid, timeout=30)
+        await asyncio.sleep(1.0)
+        mic.play(mic_pcm("Stop please, wait a moment.", lead_s=0.0))
+        await asyncio.sleep(3.0)
+        assert not [e for _, e in client.events if e.get("type") == "speech_end"], "speech must not be cut"
+        assert not [e for _, e in client.events if e.get("type") == "transcript"], "its own turn is ignored"
+        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
+                                      timeout=60)
+        assert end["interrupted"] is False
+    finally:
+        await client.close()
