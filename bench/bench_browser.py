@@ -533,7 +533,7 @@ def plot(results: dict, path: Path) -> None:
         d.rectangle(box, outline="black")
         d.text((x0, y0 - 22), title, fill="black")
         d.text(((x0 + x1) // 2 - 40, y1 + 22), xlabel, fill="black")
-        d.text((x0 - 70, y0 - 8), ylabel, fill="black")
+        d.text((x0 - 100, (y0 + y1) // 2 - 8), ylabel, fill="black")
         for v in yticks:
             y = y1 - (v - yr[0]) / (yr[1] - yr[0]) * (y1 - y0)
             d.line((x0, y, x1, y), fill=(225, 225, 225))
