@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from aiohttp import web
@@ -10,15 +9,13 @@ from aiohttp import web
 from models.bundle import load_models
 from rtc_server.app import make_app
 from rtc_server.config import parse_config
+from rtc_server.logs import setup_logging
 from rtc_server.conversation import attach_conversation
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aioice", "aiortc", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("run")
 
     def load():

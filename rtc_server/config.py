@@ -39,6 +39,7 @@ class Config:
     barge_in: bool = True
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
     log_level: str = "INFO"
+    log_format: str = "text"          # text | json
 
     @property
     def samples_per_tick(self) -> int:
@@ -81,6 +82,7 @@ _HELP = {
     "barge_in": "stop talking when the user starts speaking",
     "listen": "answer the microphone (VAD, ASR, LLM); off serves say-only sessions",
     "log_level": "DEBUG, INFO, WARNING",
+    "log_format": "text, or json for one JSON object per line (with a session field)",
 }
 
 
@@ -131,6 +133,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--renderer must be photo or wav2lip, got {config.renderer!r}")
     if config.renderer == "wav2lip" and config.checkpoint is None:
         raise SystemExit("--renderer wav2lip needs --checkpoint PATH (a Wav2Lip generator .pth)")
+    if config.log_format not in ("text", "json"):
+        raise SystemExit(f"--log-format must be text or json, got {config.log_format!r}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config
