@@ -39,5 +39,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+    for noisy in ("aioice", "aiortc", "aiohttp.access", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
