@@ -353,8 +353,10 @@ async def measure_sync(browser, base_url: str, seconds: float, label: str) -> di
         pairs = await page.js("() => window.avatarClient.syncPairs")
         latency = await page.js("() => window.avatarClient.audio.latency()")
         stats = await page.js("() => window.avatarClient.stats")
+        history = await page.js("() => window.avatarClient.statsHistory")
     finally:
         await page.close()
+    window = [h for h in history if h["t"] - t_start >= WARMUP_S * 1000]
     settled = [p for p in pairs if p["flash"] - t_start >= WARMUP_S * 1000]
     offsets = [p["offset"] for p in settled]
     result = {
@@ -364,12 +366,19 @@ async def measure_sync(browser, base_url: str, seconds: float, label: str) -> di
         "series": [[round((p["flash"] - t_start) / 1000, 2), round(p["offset"], 2)] for p in pairs],
         "audio_output_latency_ms": latency.get("outputLatencyMs") if latency else None,
         "audio_base_latency_ms": latency.get("baseLatencyMs") if latency else None,
-        "video_jitter_buffer_ms": stats.get("videoJitterBufferMs"),
-        "audio_jitter_buffer_ms": stats.get("audioJitterBufferMs"),
+        "video_jitter_buffer_ms": jitter_buffers(window, "videoJitterBufferMs"),
+        "audio_jitter_buffer_ms": jitter_buffers(window, "audioJitterBufferMs"),
         "frame_size": [stats.get("frameWidth"), stats.get("frameHeight")],
     }
-    print(show(f"  {label}", result["offsets_ms"]), flush=True)
+    print(show(f"  {label}", result["offsets_ms"]) + f"; jitter buffers p50 video "
+          f"{result['video_jitter_buffer_ms'].get('p50')} ms, audio {result['audio_jitter_buffer_ms'].get('p50')} ms",
+          flush=True)
     return result
+
+
+def jitter_buffers(history: list[dict], key: str) -> dict:
+    """Spread of the page's once-a-second jitter-buffer delay (ms) over a window."""
+    return spread([h[key] for h in history if h.get(key) is not None])
 
 
 async def page_counters(page: Page) -> dict:
@@ -385,12 +394,14 @@ async def measure_speaking(browser, base_url: str, seconds: float) -> dict:
     talker.start()
     try:
         await asyncio.sleep(4)  # first utterance on air, counters primed
+        t_start = await page.js("() => performance.now()")
         first, server0 = await page_counters(page), await talker.server_stats()
         fps_series = []
         for _ in range(int(seconds)):
             await asyncio.sleep(1)
             fps_series.append((await page_counters(page))["fps"])
         last, server1 = await page_counters(page), await talker.server_stats()
+        history = [h for h in await page.js("() => window.avatarClient.statsHistory") if h["t"] >= t_start]
     finally:
         await talker.stop()
         await page.close()
@@ -405,8 +416,8 @@ async def measure_speaking(browser, base_url: str, seconds: float) -> dict:
         "frames_dropped": last["dropped"] - first["dropped"],
         "freezes": last["freezes"] - first["freezes"],
         "freeze_seconds": round(last["freezeS"] - first["freezeS"], 3),
-        "video_jitter_buffer_ms": last["vjb"],
-        "audio_jitter_buffer_ms": last["ajb"],
+        "video_jitter_buffer_ms": jitter_buffers(history, "videoJitterBufferMs"),
+        "audio_jitter_buffer_ms": jitter_buffers(history, "audioJitterBufferMs"),
         "server_speech_frames": speech,
         "server_underruns": underruns,
         "server_late_ticks": server1.get("late_ticks", 0) - server0.get("late_ticks", 0),
@@ -414,6 +425,8 @@ async def measure_speaking(browser, base_url: str, seconds: float) -> dict:
     }
     print(f"  continuous speaking {elapsed:.0f} s: {result['fps_mean']:.2f} fps received, "
           f"{result['frames_dropped']} dropped, {result['freezes']} freezes ({result['freeze_seconds']} s); "
+          f"jitter buffers p50 video {result['video_jitter_buffer_ms'].get('p50')} ms, "
+          f"audio {result['audio_jitter_buffer_ms'].get('p50')} ms; "
           f"server: {speech} speech frames, {underruns} underruns, {result['server_late_ticks']} late ticks", flush=True)
     return result
 
