@@ -240,3 +240,26 @@ def test_odd_sized_photo_is_cropped_to_even(detector, avatar):
     renderer = PhotoWarpRenderer(made, device="cpu")
     frame = renderer.render_mouth(shape(open=1.0))[0]
     assert frame.shape == (510 * 3 // 2, 508)
+
+
+def test_redetected_opening_follows_the_mouth_track(renderer, detector):
+    pytest.importorskip("models.lipsync.visemes", reason="models/lipsync/visemes.py (mouth tracks) is not there yet")
+    # "papa bought a map, hello there" in Piper-style IPA code points with speech-like timings.
+    symbols = "p a p ə b ɔ t ə m æ p h ə l o ʊ ð ɛ ɹ".split()
+    durations = [0.08, 0.14, 0.08, 0.1, 0.07, 0.16, 0.06, 0.07, 0.08, 0.18, 0.09,
+                 0.06, 0.07, 0.08, 0.14, 0.1, 0.06, 0.15, 0.12]
+    t, phonemes = 0.1, []
+    for symbol, d in zip(symbols, durations):
+        phonemes.append(PhonemeTiming(symbol, t, t + d))
+        t += d
+    rate = 22050
+    audio = np.zeros(int((t + 0.2) * rate), dtype=np.int16)
+    source = renderer.begin(SpeechChunk("papa bought a map, hello there", audio, rate, tuple(phonemes)), tick=0)
+    frames = source.render(0, source.n_frames)
+    track = source.track
+    ratios = np.array([inner_lip_ratio(redetect(detector, f)) for f in frames])
+    closed = track[:, PRESS] > 0.99
+    assert closed.sum() >= 3, "p/b/m must give closure frames"
+    assert ratios[closed].max() < 0.08, f"lips not closed on p/b/m frames: {ratios[closed].round(3)}"
+    speaking = np.corrcoef(ratios, track[:, OPEN])[0, 1]
+    assert speaking > 0.7, f"re-detected opening follows `open` with r={speaking:.2f} only"

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DEFAULT_TEETH_RGB = (226.0, 220.0, 204.0)
+DEFAULT_TEETH_RGB = (240.0, 230.0, 206.0)
+TOOTH_ANGLE = 0.29  # radians of dental arch per painted tooth (about 16 degrees)
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,9 @@ class InteriorColours:
     def from_photo(cls, lip_pixels: np.ndarray, teeth_pixels: np.ndarray) -> "InteriorColours":
         """Colours matched to the photo: lip_pixels and teeth_pixels are (N, 3) RGB samples (teeth may be empty)."""
         lip = np.median(lip_pixels.reshape(-1, 3).astype(np.float64), axis=0) if lip_pixels.size else np.array([170.0, 90.0, 90.0])
-        teeth = np.array(DEFAULT_TEETH_RGB)
-        if teeth_pixels.size >= 3 * 6:
-            px = teeth_pixels.reshape(-1, 3).astype(np.float64)
-            luma = px @ np.array([0.299, 0.587, 0.114])
-            bright = px[luma >= np.percentile(luma, 60)]
-            candidate = bright.mean(axis=0)
-            # Only trust it when it really is teeth: light and not saturated.
-            if candidate @ np.array([0.299, 0.587, 0.114]) > 140 and candidate.max() - candidate.min() < 70:
-                teeth = 0.85 * candidate + 0.15 * teeth
-        # A lit photo's teeth are brighter than the shadowed teeth inside an open mouth.
-        teeth = teeth * 0.93
+        seen = photo_teeth_colour(teeth_pixels)
+        # A lit photo's teeth are brighter than its teeth's hidden, shadowed biting edge.
+        teeth = np.array(DEFAULT_TEETH_RGB) if seen is None else 0.93 * (0.85 * seen + 0.15 * np.array(DEFAULT_TEETH_RGB))
         tint = lip / max(lip.max(), 1.0)
         cavity_top = 34.0 * tint + np.array([6.0, 2.0, 2.0])
         cavity_bottom = 78.0 * tint + np.array([10.0, 0.0, 0.0])
@@ -49,10 +42,24 @@ class InteriorColours:
         return cls(as_tuple(teeth), as_tuple(cavity_top), as_tuple(cavity_bottom), as_tuple(tongue))
 
 
+def photo_teeth_colour(pixels: np.ndarray) -> np.ndarray | None:
+    """The mean colour of the brighter pixels between a photo's lips, if they look like teeth (light, greyish)."""
+    px = pixels.reshape(-1, 3).astype(np.float64)
+    if len(px) < 6:
+        return None
+    luma = px @ np.array([0.299, 0.587, 0.114])
+    candidate = px[luma >= np.percentile(luma, 60)].mean(axis=0)
+    if candidate @ np.array([0.299, 0.587, 0.114]) > 140 and candidate.max() - candidate.min() < 70:
+        return candidate
+    return None
+
+
 class MouthInteriorPainter:
     """Colours the gap between the lips, given the warp's per-pixel distances to both lip edges."""
 
-    def __init__(self, colours: InteriorColours, mouth_width: float, device: torch.device) -> None:
+    def __init__(
+        self, colours: InteriorColours, mouth_width: float, device: torch.device, whole_teeth: bool = True
+    ) -> None:
         def vec(c: tuple[float, float, float]) -> torch.Tensor:
             return torch.tensor(c, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -62,6 +69,9 @@ class MouthInteriorPainter:
         self.tongue = vec(colours.tongue)
         self.lower_teeth = self.teeth * 0.72
         self.mouth_width = float(mouth_width)
+        # False when the photo's own teeth show and only their hidden biting edge is painted:
+        # then no lip shadow and no gaps between teeth (the photo has its own).
+        self.whole_teeth = whole_teeth
 
     def paint(
         self,
@@ -101,10 +111,21 @@ class MouthInteriorPainter:
         lower_h = (0.22 * (gap - 0.24 * self.mouth_width)).clamp(0.0, 0.07 * self.mouth_width) * ellipse
         colour = _mix(colour, self.lower_teeth, (lower_h - db).clamp(0.0, 1.0))
 
-        # Upper teeth: lit at the top, a touch darker at the biting edge and toward the corners.
+        # Upper teeth: a touch darker at the biting edge and toward the corners.
         edge = (dt / (teeth_height + 1.0)).clamp(0.0, 1.0)
-        teeth = self.teeth * ((1.0 - 0.14 * edge) * (1.0 - 0.5 * u2)).unsqueeze(1)
-        colour = _mix(colour, teeth, (teeth_height - dt + 0.5).clamp(0.0, 1.0))
+        shade = (1.0 - 0.14 * edge) * (1.0 - 0.4 * u2)
+        reach = teeth_height
+        if self.whole_teeth:
+            shade = shade * (1.0 - 0.12 * torch.exp(-dt * dt))  # the upper lip's shadow
+            # Teeth sit on an arch: equal angles, so their projected widths shrink toward the
+            # corners. A faint line between neighbours, and a small notch in the biting edge.
+            angle = torch.asin(across.clamp(-0.999, 0.999))
+            phase = angle / TOOTH_ANGLE
+            offset = (phase - phase.round()).abs() * TOOTH_ANGLE * torch.cos(angle) * (0.5 * self.mouth_width)
+            near_gap = torch.exp(-(offset * offset) / 0.3)
+            shade = shade * (1.0 - 0.15 * near_gap)
+            reach = reach - 1.2 * near_gap
+        colour = _mix(colour, self.teeth * shade.unsqueeze(1), (reach - dt + 0.5).clamp(0.0, 1.0))
 
         # The corners of the mouth are in the cheeks' shadow.
         colour = colour * (1.0 - 0.55 * u2 * u2).unsqueeze(1)

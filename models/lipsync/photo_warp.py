@@ -25,12 +25,13 @@ import torch.nn.functional as F
 
 from models.avatar.photo import PhotoAvatar
 from models.lipsync.mouth import BITE, N_MOUTH_PARAMS, OPEN, PRESS, ROUND, WIDE
-from models.lipsync.mouth_interior import InteriorColours, MouthInteriorPainter
+from models.lipsync.mouth_interior import InteriorColours, MouthInteriorPainter, photo_teeth_colour
 from models.lipsync.renderer import FrameSource, LipSyncRenderer
 from models.speech import SpeechChunk
 
 # Inner-lip gap at open=1 as a share of the inner mouth width (dlib's 62-66 over 60-64).
-OPEN_RATIO = 0.42
+OPEN_RATIO = 0.46
+OPEN_GAMMA = 0.8
 RENDER_BATCH = 8
 CONTACT_SHADE = 0.4  # darkening of the lower lip's edge where the lips press together
 SEAM = 1.0  # half-width in pixels of the photo's teeth/lower-lip edge row
@@ -104,8 +105,11 @@ class MouthRig:
     lower x, lower y): a pixel at p shows the photo at p + field.
     tables: (5, w) per crop column: the upper side's lower boundary, the lower side's upper
     boundary, the upper lip's inner edge, how far painted upper teeth reach below the
-    upper side's boundary, and the half-width of the photo's own teeth/lip edge row. Outside the mouth the two boundaries part (upper below lower) so
-    cheeks are never mistaken for an open mouth.
+    upper side's boundary, and the half-width of the photo's own teeth/lip edge row.
+    Outside the mouth the two boundaries part (upper below lower), so cheeks are never
+    mistaken for an open mouth.
+    shows_teeth: the photo's lips part over visible teeth; those teeth then move with the
+    upper lip (as real upper teeth do) and only their hidden biting edge is painted.
     """
 
     def __init__(self, rgb: np.ndarray, landmarks: np.ndarray) -> None:
@@ -121,7 +125,7 @@ class MouthRig:
         self._p = p
         self.crop = self._crop_box(p, rgb.shape[0], rgb.shape[1])
         c = self.crop
-        self._crop_pixels = rgb[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width]
+        self.crop_rgb = np.ascontiguousarray(rgb[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width])
         self.local = p - np.array([c.x0, c.y0], dtype=np.float64)
         xs = np.arange(c.width, dtype=np.float64)
         self._edges(xs)
@@ -129,13 +133,13 @@ class MouthRig:
             [self.upper_bound, self.lower_bound, self.upper_lip, self.teeth_reach, self.seam]
         ).astype(np.float32)
         self.basis = self._basis().astype(np.float32)
-        self.colours = self._colours(rgb)
-        self.crop_rgb = np.ascontiguousarray(rgb[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width])
+        self.colours = InteriorColours.from_photo(self._lip_pixels(rgb), self._teeth_pixels())
 
     # -- geometry -------------------------------------------------------------------------
 
     def _open_drop(self, p: np.ndarray) -> float:
         """How far the lower lip centre drops at open=1 (to reach OPEN_RATIO with the photo's own gap)."""
+        # dlib's own gap, not the refined edges: OPEN_RATIO is what dlib re-detects on the frames.
         gap = max(0.0, p[66, 1] - p[62, 1])
         return max(0.12 * self.mouth_width, OPEN_RATIO * self.mouth_width - gap - 0.03 * self.mouth_width)
 
@@ -159,7 +163,7 @@ class MouthRig:
         upper_inner = _interp_curve(xs, q[[60, 61, 62, 63, 64]])
         lower_inner = _interp_curve(xs, q[[60, 67, 66, 65, 64]])
         inside = (xs >= q[60, 0]) & (xs <= q[64, 0])
-        upper_inner, lower_inner = _snap_to_teeth(self._crop_pixels, xs, inside, upper_inner, lower_inner)
+        upper_inner, lower_inner = _snap_to_teeth(self.crop_rgb, xs, inside, upper_inner, lower_inner)
         lower_inner = np.maximum(lower_inner, upper_inner)
         # Beyond the inner corners the parting line runs to the outer corners, then level.
         left = np.interp(xs, [q[48, 0], q[60, 0]], [q[48, 1], q[60, 1]])
@@ -178,32 +182,32 @@ class MouthRig:
         self.lower_bound = np.where(inside, lower_inner + seam, line - margin)
         self.upper_lip = np.where(inside, upper_inner, line)
         self.gap = np.where(inside, lower_inner - upper_inner, 0.0)
+        self.upper_inner, self.lower_inner = upper_inner, lower_inner
+        self.shows_teeth = bool(self.gap.max() >= 0.08 * w and photo_teeth_colour(self._teeth_pixels()) is not None)
         t = (xs + self.crop.x0 - self.centre_x) / (0.5 * w)
         across = np.clip(1.0 - t * t, 0.0, 1.0)
-        if self.gap.max() >= 0.08 * w:
+        if self.shows_teeth:
             # The photo shows its teeth: keep them, and only paint their hidden biting edge.
             reach = SEAM + 0.02 * w * np.sqrt(across)
         else:
-            reach = np.maximum(0.0, 0.2 * w * across**0.25 - self.gap)
+            reach = np.maximum(0.0, 0.15 * w * across**0.25 - self.gap)
         self.teeth_reach = np.where(inside, reach, 0.0)
-        self.upper_inner, self.lower_inner = upper_inner, lower_inner
 
-    def _colours(self, rgb: np.ndarray) -> InteriorColours:
+    def _lip_pixels(self, rgb: np.ndarray) -> np.ndarray:
+        """The lower lip's pixels between its inner and outer centre landmarks, (N, 3)."""
         p = np.rint(self._p).astype(int)
-        # Lower lip: between the inner and outer lower-lip centres.
         y_a, y_b = sorted((p[66, 1], p[57, 1]))
-        x_a, x_b = p[67, 0], p[65, 0] + 1
-        lips = rgb[y_a + 1 : max(y_a + 2, y_b), x_a:x_b]
-        # Teeth, if the photo shows them: the gap between the inner lips, away from the corners.
+        return rgb[y_a + 1 : max(y_a + 2, y_b), p[67, 0] : p[65, 0] + 1].reshape(-1, 3)
+
+    def _teeth_pixels(self) -> np.ndarray:
+        """The photo's pixels between the inner lips, away from the corners, (N, 3) (maybe none)."""
         c = self.crop
-        cols = [i for i in range(c.width) if abs(i + c.x0 - self.centre_x) < 0.3 * self.mouth_width]
-        teeth = [
-            rgb[c.y0 + y, c.x0 + i]
-            for i in cols
-            for y in range(int(math.ceil(self.upper_inner[i])) + 1, int(math.floor(self.lower_inner[i])))
-        ]
-        teeth_px = np.array(teeth, dtype=np.uint8).reshape(-1, 3)
-        return InteriorColours.from_photo(lips.reshape(-1, 3), teeth_px)
+        rows = []
+        for i in range(c.width):
+            if abs(i + c.x0 - self.centre_x) < 0.3 * self.mouth_width:
+                top, bottom = int(math.ceil(self.upper_inner[i])) + 1, int(math.floor(self.lower_inner[i]))
+                rows.append(self.crop_rgb[top:bottom, i])
+        return np.concatenate(rows).reshape(-1, 3) if rows else np.zeros((0, 3), np.uint8)
 
     # -- basis fields ---------------------------------------------------------------------
 
@@ -328,9 +332,13 @@ class MouthRig:
         ))
 
         # wide: corners out and up, lips stretched thinner (the lower lip most).
-        out_x, up_y = 0.09 * w, 0.035 * w
-        up = {i: (out_x * t_of(q[i, 0]), -up_y * t_of(q[i, 0]) ** 2 + (0.012 * w if i < 60 else 0.0)) for i in upper_ids}
-        lo = {i: (out_x * t_of(q[i, 0]), -up_y * t_of(q[i, 0]) ** 2 - (0.05 * w * prof(q[i, 0]) if i < 60 else 0.0))
+        # Spread lips also part a little over the teeth, so the opening keeps its proportion.
+        out_x, up_y, part = 0.09 * w, 0.035 * w, 0.02 * w
+        up = {i: (out_x * t_of(q[i, 0]),
+                  -up_y * t_of(q[i, 0]) ** 2 + (0.012 * w if i < 60 else -part * prof(q[i, 0])))
+              for i in upper_ids}
+        lo = {i: (out_x * t_of(q[i, 0]),
+                  -up_y * t_of(q[i, 0]) ** 2 + (-0.03 * w if i < 60 else part) * prof(q[i, 0]))
               for i in lower_ids}
         out.append(assemble(
             up, lo,
@@ -348,10 +356,10 @@ class MouthRig:
         full = 0.04 * w
         corner_drop = 0.04 * w
         up = {i: (-squeeze * (q[i, 0] - cx),
-                  (-full * prof(q[i, 0]) if i < 60 else 0.15 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
+                  (-full * prof(q[i, 0]) if i < 60 else 0.25 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
               for i in upper_ids}
         lo = {i: (-squeeze * (q[i, 0] - cx),
-                  (full * prof(q[i, 0]) if i < 60 else -0.2 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
+                  (full * prof(q[i, 0]) if i < 60 else -0.3 * gap_at(q[i, 0])) + corner_drop * t_of(q[i, 0]) ** 2)
               for i in lower_ids}
         out.append(assemble(
             up, lo,
@@ -388,12 +396,10 @@ class MouthRig:
         # bite: the upper lip lifts off the teeth; the lower lip rises and rolls in under
         # them (so it thins), leaving a band of upper teeth showing above it.
         lift_up, show = 0.03 * w, 0.13 * w
-        photo_teeth = self.gap.max() >= 0.08 * w
-
         def bite_edge(x: float) -> float:
             # The lower lip's new inner edge, relative to where it is in the photo.
             visible = show * prof(x)
-            if photo_teeth:  # overlap the photo's teeth, so no gap opens under them
+            if self.shows_teeth:  # overlap the photo's teeth, so no gap opens under them
                 teeth_shown = float(np.interp(x, np.arange(len(self.gap)), self.gap))
                 visible = min(visible, max(0.0, teeth_shown - 1.0))
             return visible - lift_up * prof(x) - gap_at(x)
@@ -550,7 +556,7 @@ class PhotoWarpRenderer(LipSyncRenderer):
         self._to_grid = torch.tensor(
             [2.0 / (c.width - 1), 2.0 / (c.height - 1)], dtype=torch.float32, device=dev
         )
-        self._painter = MouthInteriorPainter(rig.colours, rig.mouth_width, dev)
+        self._painter = MouthInteriorPainter(rig.colours, rig.mouth_width, dev, whole_teeth=not rig.shows_teeth)
         self._centre_x = float(rig.centre_x - c.x0)
         self._half_width = 0.5 * rig.mouth_width
 
@@ -604,9 +610,13 @@ class PhotoWarpRenderer(LipSyncRenderer):
         b = params.shape[0]
         w = params.clamp(0.0, 1.0)
         # A closure wins over an opening (mouth.py: press forces a full closure); a bite
-        # keeps the jaw nearly shut.
-        keep_open = (1.0 - w[:, PRESS]) * (1.0 - 0.85 * w[:, BITE])
-        w = torch.cat([w[:, :1] * keep_open[:, None], w[:, 1:]], dim=1)
+        # keeps the jaw nearly shut; rounded lips narrow the mouth, so the same jaw drop
+        # would read as a taller opening.
+        keep_open = (1.0 - w[:, PRESS]) * (1.0 - 0.85 * w[:, BITE]) * (1.0 - 0.15 * w[:, ROUND])
+        # The first bit of opening shows least (the lower lip leaves the teeth), so it gets
+        # a little more travel: the visible opening then grows evenly with `open`.
+        opening = w[:, :1].pow(OPEN_GAMMA) * keep_open[:, None]
+        w = torch.cat([opening, w[:, 1:]], dim=1)
         f = (w @ self._basis).view(b, 4, c.height, c.width)
         ux, uy = self._gx + f[:, 0], self._gy + f[:, 1]
         lx, ly = self._gx + f[:, 2], self._gy + f[:, 3]
