@@ -31,7 +31,7 @@ from models.speech import SpeechChunk
 
 # Inner-lip gap at open=1 as a share of the inner mouth width (dlib's 62-66 over 60-64).
 OPEN_RATIO = 0.46
-OPEN_GAMMA = 0.8
+OPEN_GAMMA = 0.8  # open -> jaw travel curve (see _render_rgb)
 RENDER_BATCH = 8
 CONTACT_SHADE = 0.4  # darkening of the lower lip's edge where the lips press together
 SEAM = 1.0  # half-width in pixels of the photo's teeth/lower-lip edge row
