@@ -83,11 +83,17 @@ def load_avatar(
     cache_dir: Path | None = None,
     detector: LandmarkDetector | None = None,
 ) -> PhotoAvatar:
-    """An avatar by name: the built-in astronaut, or an image `<name>.png|jpg|...` in avatar_dir.
+    """An avatar by name: a prepared avatar in avatar_dir (`python -m models.avatar prepare`;
+    its first frame), else an image `<name>.png|jpg|...` there, else the built-in astronaut.
 
-    Landmarks are cached in cache_dir (when given) as `<name>.landmarks.npz`, keyed by a
+    Landmarks of images are cached in cache_dir (when given) as `<name>.landmarks.npz`, keyed by a
     fingerprint of the pixels, so a restart skips dlib and a changed photo is re-detected.
     """
+    from models.avatar.store import AvatarStore  # imports this module: import it late
+
+    store = AvatarStore(avatar_dir)
+    if store.exists(name):
+        return store.load(name).photo()
     if name == DEFAULT_AVATAR and not _find_image(avatar_dir, name):
         rgb = default_avatar_image()
     else:
@@ -95,8 +101,8 @@ def load_avatar(
         if source is None:
             where = f"in {avatar_dir}" if avatar_dir else "(no avatar folder configured)"
             raise FileNotFoundError(
-                f"avatar '{name}' not found {where}; put {name}.png or {name}.jpg there, "
-                f"or use the built-in '{DEFAULT_AVATAR}'"
+                f"avatar '{name}' not found {where}; prepare it with `python -m models.avatar prepare`, "
+                f"put {name}.png or {name}.jpg there, or use the built-in '{DEFAULT_AVATAR}'"
             )
         rgb = _read_image(source)
     cached = _cached_landmarks(cache_dir, name, rgb)
