@@ -263,3 +263,14 @@ def test_redetected_opening_follows_the_mouth_track(renderer, detector):
     assert ratios[closed].max() < 0.08, f"lips not closed on p/b/m frames: {ratios[closed].round(3)}"
     speaking = np.corrcoef(ratios, track[:, OPEN])[0, 1]
     assert speaking > 0.7, f"re-detected opening follows `open` with r={speaking:.2f} only"
+
+
+def test_load_avatar_caches_landmarks_and_names_missing_avatars(tmp_path, avatar):
+    from models.avatar.photo import load_avatar
+
+    first = load_avatar("astronaut", None, tmp_path)
+    assert (tmp_path / "astronaut.landmarks.npz").is_file()
+    again = load_avatar("astronaut", None, tmp_path)
+    assert np.array_equal(first.landmarks, avatar.landmarks) and np.array_equal(again.landmarks, avatar.landmarks)
+    with pytest.raises(FileNotFoundError, match="avatar 'nobody' not found"):
+        load_avatar("nobody", tmp_path)
