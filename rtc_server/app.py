@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
+from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
 from rtc_server.session import OfferError, Session, validate_text
@@ -25,6 +26,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 MAX_BODY_BYTES = 256 * 1024          # JSON bodies
 MAX_AUDIO_BYTES = 16 * 1024 * 1024    # speak_audio uploads
 MAX_AUDIO_SECONDS = 120.0
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # avatar photos and videos
 
 CONFIG = web.AppKey("config", Config)
 SESSIONS = web.AppKey("sessions", dict)
@@ -33,6 +35,7 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 LOADER = web.AppKey("loader", object)
 ATTACHERS = web.AppKey("attachers", list)
 METRICS = web.AppKey("metrics", ServerMetrics)
+AVATARS = web.AppKey("avatars", AvatarLibrary)
 
 
 class OfferBody(BaseModel):
@@ -141,7 +144,7 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok",
         "sessions": len(app[SESSIONS]),
         "max_sessions": app[CONFIG].max_sessions,
-        "avatars": sorted(bundle.renderers),
+        "avatars": [a["name"] for a in app[AVATARS].listing(bundle)],
         "load_seconds": {k: round(v, 2) for k, v in bundle.timings.items()},
     })
 
@@ -154,9 +157,13 @@ async def offer(request: web.Request) -> web.Response:
     if len(app[SESSIONS]) >= config.max_sessions:
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     try:
-        renderer = bundle.renderer(body.avatar)
-    except KeyError as exc:
+        renderer = await app[AVATARS].renderer(bundle, body.avatar)
+    except UnknownAvatar as exc:
         raise HttpError(400, str(exc.args[0])) from None
+    except (OSError, ValueError) as exc:
+        raise HttpError(500, f"avatar {body.avatar!r} could not be loaded: {exc}") from None
+    if len(app[SESSIONS]) >= config.max_sessions:  # loading took a while: check again
+        raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     if body.voice not in (None, "", "default"):
         raise HttpError(400, f"unknown voice {body.voice!r}; this server has one voice: 'default' (--voice)")
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], mode=body.mode,
@@ -245,6 +252,48 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
+async def list_avatars(request: web.Request) -> web.Response:
+    app = request.app
+    return web.json_response({"default": app[CONFIG].avatar, "avatars": app[AVATARS].listing(app.get(MODELS))})
+
+
+async def upload_avatar(request: web.Request) -> web.Response:
+    """?name=NAME[&overwrite=1]; the body is a photo or short video, raw or as a multipart file."""
+    from models.avatar.store import AvatarStoreError, name_from_filename, validate_name
+
+    library = request.app[AVATARS]
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+        raise HttpError(413, f"upload too large ({request.content_length} bytes; limit {MAX_UPLOAD_BYTES})")
+    filename = request.query.get("filename", "upload")
+    data = b""
+    if request.content_type.startswith("multipart/"):
+        async for part in await request.multipart():
+            if part.filename:
+                filename = part.filename
+                data = await part.read(decode=False)
+                break
+    else:
+        data = await request.read()
+    if not data:
+        raise HttpError(400, "no file: send a photo or a short video as the body or as a multipart file")
+    try:
+        name = validate_name(request.query.get("name") or name_from_filename(filename))
+    except AvatarStoreError as exc:
+        raise HttpError(400, str(exc)) from None
+    overwrite = request.query.get("overwrite", "0").lower() in ("1", "true", "yes")
+    if library.store.exists(name) and not overwrite:
+        raise HttpError(409, f"avatar {name!r} exists; add overwrite=1 to replace it")
+    job = library.start_prepare(data, name, filename, overwrite)
+    return web.json_response(job.to_json(), status=202)
+
+
+async def avatar_job(request: web.Request) -> web.Response:
+    job = request.app[AVATARS].jobs.get(request.match_info["job_id"])
+    if job is None:
+        raise HttpError(404, "unknown job (finished jobs are kept for the last 50 uploads)")
+    return web.json_response(job.to_json())
+
+
 # ---- construction ----------------------------------------------------------------------
 
 
@@ -260,12 +309,13 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
 
 def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
     """Build the app around ready models, or a loader run in the background at start-up."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_AUDIO_BYTES)
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_UPLOAD_BYTES)
     app[CONFIG] = config
     app[SESSIONS] = {}
     app[ATTACHERS] = []
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
     app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="media")
+    app[AVATARS] = AvatarLibrary(config, app[EXECUTOR], models=lambda: app.get(MODELS))
     if isinstance(models, ModelBundle):
         app[MODELS] = models
 
@@ -289,6 +339,9 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/avatars", list_avatars)
+    app.router.add_post("/avatars", upload_avatar)
+    app.router.add_get("/avatars/jobs/{job_id}", avatar_job)
     app.router.add_post("/offer", offer)
     app.router.add_post("/sessions/{session_id}/say", say)
     app.router.add_post("/sessions/{session_id}/chat", chat)
