@@ -97,7 +97,7 @@ class Conversation:
         return (self._stream_t0 or time.monotonic()) + t
 
     def _avatar_busy(self) -> bool:
-        return bool(self.session._utterances) or (self._turn is not None and not self._turn.done())
+        return self.session.speaking or (self._turn is not None and not self._turn.done())
 
     def _on_vad(self, event) -> None:
         kind = type(event).__name__
@@ -106,7 +106,6 @@ class Conversation:
                 if not self.barge_in:
                     return  # half duplex: the avatar's own voice must not become a turn
                 log.info("session %s: barge-in", self.session.id)
-                self.cancel_turn()
                 self.session.interrupt()
             self.user_speaking = True
             self.session.set_state("listening")
@@ -123,7 +122,6 @@ class Conversation:
 
     def on_chat(self, text: str) -> dict:
         """A typed user turn: interrupts whatever the avatar is doing and answers it."""
-        self.cancel_turn()
         self.session.interrupt()
         timing = TurnTiming(source="text", user_text=text, asr_done=time.monotonic())
         self._start_turn(self._reply(text, timing))
@@ -133,7 +131,7 @@ class Conversation:
 
     def _start_turn(self, coro) -> None:
         self.cancel_turn()
-        self._turn = self.session._spawn(coro, "turn")
+        self._turn = self.session.spawn(coro, "turn")
 
     def cancel_turn(self) -> None:
         if self._turn is not None and not self._turn.done():

@@ -113,8 +113,8 @@ class Session:
         pc.addTrack(self.sink.video)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        self._spawn(self.stream.run(), "clock")
-        self._spawn(self._connect_watchdog(), "watchdog")
+        self.spawn(self.stream.run(), "clock")
+        self.spawn(self._connect_watchdog(), "watchdog")
         log.info("session %s: offer accepted (mode=%s, avatar=%s)", self.id, self.mode, self.avatar)
         return pc.localDescription
 
@@ -127,9 +127,9 @@ class Session:
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":
-            self._spawn(self._consume_mic(track), "mic")
+            self.spawn(self._consume_mic(track), "mic")
         else:
-            self._spawn(self._drain(track), "video-in")
+            self.spawn(self._drain(track), "video-in")
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -175,7 +175,7 @@ class Session:
               on_first_audio: Callable[[], None] | None = None) -> str:
         """Speak a stream of texts (e.g. LLM clauses) as one utterance."""
         uid = utterance_id or self.new_utterance_id()
-        task = self._spawn(self._run_utterance(uid, texts, on_first_audio), f"utterance-{uid}")
+        task = self.spawn(self._run_utterance(uid, texts, on_first_audio), f"utterance-{uid}")
         self._utterances[uid] = task
         return uid
 
@@ -183,7 +183,7 @@ class Session:
         """Play int16 mono audio at the output rate with lip-sync read from the audio itself."""
         uid = self.new_utterance_id()
         chunk = SpeechChunk(text="", audio=pcm, sample_rate=self.config.sample_rate, phonemes=None)
-        task = self._spawn(self._run_chunks(uid, [chunk]), f"utterance-{uid}")
+        task = self.spawn(self._run_chunks(uid, [chunk]), f"utterance-{uid}")
         self._utterances[uid] = task
         return uid
 
@@ -213,8 +213,15 @@ class Session:
     def _on_air(self, uid: str) -> bool:
         return self.stream.current_utterance == uid or self.queue.holds(uid)
 
+    @property
+    def speaking(self) -> bool:
+        """True while an utterance is being produced or played."""
+        return bool(self._utterances)
+
     def interrupt(self) -> list[str]:
-        """Stop talking now: cancel synthesis and rendering, drop queued frames."""
+        """Stop talking now: cancel the reply being written, synthesis and rendering, drop queued frames."""
+        if self.conversation is not None:
+            self.conversation.cancel_turn()  # a reply still being written must not start speaking later
         ended = list(self._utterances)
         for uid in ended:
             task = self._utterances[uid]
@@ -281,7 +288,8 @@ class Session:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def _spawn(self, coro, name: str) -> asyncio.Task:
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Run `coro` as a task owned by this session (cancelled on close)."""
         task = asyncio.create_task(coro, name=f"{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

@@ -209,3 +209,27 @@ async def test_without_barge_in_the_avatar_talks_through_user_speech(kiosk_serve
         assert end["interrupted"] is False
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="module")
+async def slow_llm_server(listen_config, listen_models):
+    from models.llm import EchoChatModel
+
+    bundle = dataclasses.replace(listen_models, llm=EchoChatModel(delay_s=0.25))
+    base_url, app, server = await start_server(listen_config, bundle)
+    yield base_url
+    await server.close()
+
+
+async def test_interrupt_while_thinking_cancels_the_reply_before_it_speaks(slow_llm_server):
+    client, _ = await connect(slow_llm_server)
+    try:
+        client.channel.send('{"type": "chat", "text": "One two three four five six seven eight."}')
+        await client.wait_event(lambda e: e.get("type") == "state" and e["state"] == "thinking", timeout=10)
+        status, _ = await client.request("POST", f"/sessions/{client.session_id}/interrupt")
+        assert status == 200
+        await asyncio.sleep(4.0)
+        assert not [e for _, e in client.events if e.get("type") == "speech_start"], \
+            "a cancelled reply must not start speaking later"
+    finally:
+        await client.close()
