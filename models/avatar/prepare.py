@@ -396,23 +396,29 @@ class _FaceTracker:
             allowed = self.allowed
         if len(self.missing) == n and n > allowed:
             raise NoFaceError(
-                f"no face found in {'any of the' if final else 'the first'} {n} frames of {self.what}; use a video "
-                f"where one frontal, well-lit face at least {self.min_face} px across is visible throughout"
+                f"no face found in {_frames_phrase(n, n, final)} of {self.what}; use a video where one "
+                f"frontal, well-lit face at least {self.min_face} px across is visible throughout"
             )
         if len(self.missing) > allowed:
-            first = self.missing[0]
             raise _MissingFacesError(
-                f"no face found in {len(self.missing)} of {'' if final else 'the first '}{n} frames of {self.what} "
-                f"(first at {first / self.fps:.2f} s; at most "
-                f"{MAX_MISSING_FRACTION:.0%} may miss it); use a video where the face stays frontal and in view, "
-                "or cut the parts where it turns away or leaves"
+                f"no face found in {_frames_phrase(len(self.missing), n, final)} of {self.what} (the first at "
+                f"{self.missing[0] / self.fps:.2f} s; at most {MAX_MISSING_FRACTION:.0%} of the frames may miss it); "
+                "use a video where the face stays frontal and in view, or cut the parts where it turns away or leaves"
             )
         if len(self.several) > allowed:
             raise MultipleFacesError(
-                f"{self.most_faces} faces found in {len(self.several)} of {'' if final else 'the first '}{n} "
-                f"frames of {self.what}; use a video "
-                "that shows only the one person to animate, or crop it to them"
+                f"{self.most_faces} faces found in {_frames_phrase(len(self.several), n, final)} of {self.what}; "
+                "use a video that shows only the one person to animate, or crop it to them"
             )
+
+
+def _frames_phrase(count: int, seen: int, final: bool) -> str:
+    """'3 of 20 frames', '3 of the first 13 frames', 'all 5 frames', 'the first frame'."""
+    if count == seen:
+        if final:
+            return "the only frame" if seen == 1 else f"all {seen} frames"
+        return "the first frame" if seen == 1 else f"the first {seen} frames"
+    return f"{count} of {seen} frames" if final else f"{count} of the first {seen} frames"
 
 
 class FrameResampler:
@@ -444,8 +450,9 @@ class FrameResampler:
             prev, prev_t = frame, t
         if prev is None:
             return
-        end = prev_t + 0.5 * step
-        while (k / self.fps < end or k == 0) and k < self.max_frames:
+        # The last source frame lasts as long as the gap before it; round to whole output frames.
+        total = max(1, int(math.floor((prev_t + step) * self.fps + 0.5)))
+        while k < min(total, self.max_frames):
             yield prev, prev is last_yielded
             last_yielded = prev
             k += 1
