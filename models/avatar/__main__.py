@@ -124,6 +124,10 @@ class _ProgressBar:
     def __call__(self, done: int, total: int, message: str) -> None:
         from tqdm import tqdm
 
+        if message == "saved":  # the end, not a stage worth a bar
+            self.__exit__()
+            self._bar = None
+            return
         if self._bar is None or message != self._message:
             if self._bar is not None:
                 self._bar.close()

@@ -173,12 +173,15 @@ def prepare_video(
         resampler = FrameResampler(target_fps, max_frames)
         notes: list[str] = []
         with _prepare_errors(), store.writer(name, overwrite) as out:
-            rgb, shown_size = None, (0, 0)
+            rgb, shown_size, out_size = None, (0, 0), None
             decoded = _decode(container, stream, what, notes, av.FFmpegError)
             for frame, repeat in resampler.frames(decoded):
                 if not repeat:
-                    rgb = video_frame_rgb(frame, max_side)
-                    shown_size = displayed_size(frame)
+                    if out_size is None:
+                        # Fixed by the first frame: a stream that changes resolution midway still gives one size.
+                        shown_size = displayed_size(frame)
+                        out_size = fit_size(shown_size, max_side)
+                    rgb = video_frame_rgb(frame, out_size)
                     tracker.add(rgb)
                 else:
                     tracker.repeat()
@@ -458,16 +461,21 @@ class FrameResampler:
             k += 1
 
 
-def video_frame_rgb(frame, max_side: int) -> np.ndarray:
-    """A decoded av.VideoFrame as upright (H, W, 3) uint8 RGB, longer side <= max_side, even sizes."""
+def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down (never up) so the longer side is at most max_side, both even."""
+    scale = min(1.0, max_side / max(size))
+    return _even(size[0] * scale), _even(size[1] * scale)
+
+
+def video_frame_rgb(frame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded av.VideoFrame as upright (H, W, 3) uint8 RGB of the given (width, height)."""
     turns = _quarter_turns(frame)
-    shown_w, shown_h = displayed_size(frame)
-    scale = min(1.0, max_side / max(shown_w, shown_h))
-    out_w, out_h = _even(shown_w * scale), _even(shown_h * scale)
+    out_w, out_h = size
     src_w, src_h = (out_h, out_w) if turns % 2 else (out_w, out_h)
+    shrinking = src_w * src_h < frame.width * frame.height
     options = {"src_color_range": frame.color_range} if frame.color_range else {}
     rgb = frame.reformat(width=src_w, height=src_h, format="rgb24",
-                         interpolation="AREA" if scale < 1.0 else "BILINEAR", **options).to_ndarray()
+                         interpolation="AREA" if shrinking else "BILINEAR", **options).to_ndarray()
     if turns:
         rgb = np.rot90(rgb, turns)
     return np.ascontiguousarray(rgb)

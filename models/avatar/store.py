@@ -2,7 +2,7 @@
 
 Layout of `<root>/<name>/` (format 1):
 
-    avatar.json     format, name, kind (photo|video), fps, width, height, n_frames, source,
+    avatar.json     format, name, kind (photo|video), fps (0 for a photo), width, height, n_frames, source,
                     created (UTC, ISO 8601), crop_size, chin_pad, notes
     frames/         000000.png (a photo, lossless) or 000000.jpg ... (a video, JPEG quality 95),
                     RGB, even width and height
@@ -89,7 +89,7 @@ def name_from_filename(filename: str) -> str:
 
 @dataclass(frozen=True)
 class AvatarInfo:
-    """What avatar.json says about one prepared avatar."""
+    """What avatar.json says about one prepared avatar (fps is 0.0 for a photo)."""
 
     name: str
     kind: str
@@ -119,7 +119,8 @@ class AvatarInfo:
 
 @dataclass(frozen=True, eq=False)
 class PreparedAvatar:
-    """A loaded avatar: N frames (1 for a photo) with per-frame landmarks, face boxes and face crops."""
+    """A loaded avatar: N frames (1 for a photo, whose fps is 0.0) with per-frame landmarks, face
+    boxes and face crops. A video renderer plays the frames at `fps`, looping or ping-ponging."""
 
     name: str
     kind: str
