@@ -78,7 +78,7 @@ class Session:
         else:
             idle = AvatarIdle(renderer, config.samples_per_tick)
         self.stream = AVStream(self.clock, self.queue, idle, on_speech=self._on_speech)
-        self.sink = RtcSink(config.fps, config.sample_rate)
+        self.sink = RtcSink(self.clock, config.sample_rate)
         self.stream.attach(self.sink)
         self.events = EventChannel()
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,

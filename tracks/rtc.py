@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from fractions import Fraction
 
@@ -11,6 +12,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from tracks.avframe import AVFrame
+from tracks.clock import MediaClock
 
 VIDEO_CLOCK = 90_000
 AUDIO_PACKET_SECONDS = 0.020
@@ -21,7 +23,9 @@ class TickTrack(MediaStreamTrack):
 
     The buffer is short and drops the oldest frame when the sender falls behind, so delay
     can never build up. On the first recv() stale frames are discarded: the sender starts
-    from the tick now on air.
+    from the tick now on air. A frame is not handed out before its due time, so the second
+    20 ms audio packet of a tick leaves 20 ms after the first instead of in a burst (the
+    browser's jitter buffer sizes itself on arrival jitter).
     """
 
     def __init__(self, kind: str, max_buffered: int) -> None:
@@ -33,12 +37,13 @@ class TickTrack(MediaStreamTrack):
         self.dropped = 0
         self.sent = 0
 
-    def put(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def put(self, frame: av.VideoFrame | av.AudioFrame, due: float = 0.0) -> None:
+        """Queue `frame` to be sent at monotonic time `due` (or at once if that has passed)."""
         if self.readyState != "live":
             return
         if self._receiving and len(self._frames) == self._frames.maxlen:
             self.dropped += 1
-        self._frames.append(frame)
+        self._frames.append((due, frame))
         self._ready.set()
 
     async def recv(self) -> av.VideoFrame | av.AudioFrame:
@@ -50,8 +55,12 @@ class TickTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
+        due, frame = self._frames.popleft()
+        wait = due - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         self.sent += 1
-        return self._frames.popleft()
+        return frame
 
     def stop(self) -> None:
         super().stop()
@@ -61,7 +70,9 @@ class TickTrack(MediaStreamTrack):
 class RtcSink:
     """Turns AVFrames into one video and one audio aiortc frame stream stamped from the tick."""
 
-    def __init__(self, fps: int, sample_rate: int) -> None:
+    def __init__(self, clock: MediaClock, sample_rate: int) -> None:
+        self.clock = clock
+        fps = clock.fps
         self.fps = fps
         self.sample_rate = sample_rate
         self.samples_per_tick = sample_rate // fps
@@ -77,7 +88,8 @@ class RtcSink:
         vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
         vf.pts = tick * VIDEO_CLOCK // self.fps
         vf.time_base = self._video_tb
-        self.video.put(vf)
+        due = self.clock.due(tick)
+        self.video.put(vf, due)
         base = tick * self.samples_per_tick
         audio = frame.audio
         for offset in range(0, self.samples_per_tick, self.audio_packet):
@@ -86,7 +98,7 @@ class RtcSink:
             af.sample_rate = self.sample_rate
             af.pts = base + offset
             af.time_base = self._audio_tb
-            self.audio.put(af)
+            self.audio.put(af, due + offset / self.sample_rate)
 
     def stop(self) -> None:
         self.video.stop()
