@@ -7,6 +7,7 @@ microphone script needs its own browser launch.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import re
@@ -446,3 +447,33 @@ async def test_talking_over_the_avatar_interrupts_it(conversation_server, playwr
         await context.close()
     finally:
         await chromium.close()
+
+
+@pytest.fixture(scope="module")
+async def upload_server(tmp_path_factory, media_config, media_models):
+    """A say-only server whose avatar folder is a fresh temporary one."""
+    import dataclasses
+
+    from tests.conftest import start_server
+
+    config = dataclasses.replace(media_config, avatar_dir=tmp_path_factory.mktemp("avatars"))
+    bundle = dataclasses.replace(media_models, renderers=dict(media_models.renderers))
+    base_url, app, server = await start_server(config, bundle, conversation=False)
+    yield base_url
+    await server.close()
+
+
+async def test_new_avatar_from_a_photo_is_prepared_and_used(upload_server, open_client, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    photo = tmp_path / "my face.png"
+    Image.fromarray(np.ascontiguousarray(np.fliplr(data.astronaut())[0:400, 60:460])).save(photo)
+    page = await open_client(upload_server, "?raw=1")
+    page.page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("mirror")))
+    await page.page.set_input_files("#avatar-file", str(photo))
+    await page.until("document.getElementById('avatar-select').value === 'mirror'", 60, what="new avatar selected")
+    await page.js("() => window.avatarClient.connect()")
+    await page.connected()
+    await page.until("document.getElementById('avatar').videoWidth === 400", 15, what="400x400 video")
+    assert not page.errors
