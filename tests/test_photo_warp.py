@@ -1,4 +1,8 @@
-"""The default renderer on the real astronaut photo, checked with real dlib landmarks."""
+"""The default renderer's mouth on the real astronaut photo, checked with real dlib landmarks.
+
+The renderer here is the still one (life=None): blinks, sway and nods, and video avatars,
+are tested in tests/test_avatar_life.py.
+"""
 from __future__ import annotations
 
 import math
@@ -15,7 +19,8 @@ from models.avatar.landmarks import (
 )
 from models.avatar.photo import PhotoAvatar, load_default_avatar
 from models.lipsync.mouth import BITE, N_MOUTH_PARAMS, OPEN, PRESS
-from models.lipsync.photo_warp import PhotoWarpRenderer, rgb_to_yuv420, yuv420_to_rgb
+from models.lipsync.photo_warp import PhotoWarpRenderer
+from models.lipsync.yuv import rgb_to_yuv420, yuv420_to_rgb
 from models.speech import PhonemeTiming, SpeechChunk
 
 FPS = 25
@@ -33,7 +38,7 @@ def avatar(detector) -> PhotoAvatar:
 
 @pytest.fixture(scope="module")
 def renderer(avatar) -> PhotoWarpRenderer:
-    return PhotoWarpRenderer(avatar, fps=FPS, device="cpu")
+    return PhotoWarpRenderer(avatar, fps=FPS, device="cpu", life=None)
 
 
 def shape(**values: float) -> np.ndarray:
@@ -237,7 +242,7 @@ def test_odd_sized_photo_is_cropped_to_even(detector, avatar):
     odd = avatar.rgb[:511, :509]
     made = PhotoAvatar.from_image(odd, "odd", detector)
     assert made.rgb.shape == (510, 508, 3)
-    renderer = PhotoWarpRenderer(made, device="cpu")
+    renderer = PhotoWarpRenderer(made, device="cpu", life=None)
     frame = renderer.render_mouth(shape(open=1.0))[0]
     assert frame.shape == (510 * 3 // 2, 508)
 

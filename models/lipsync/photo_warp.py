@@ -11,91 +11,45 @@ Per frame (batched): both fields are the weighted sums of their bases; each pixe
 the field whose source sample lands on its own side of the parting line (where both do,
 the one reaching deeper into its lip, which is how pressed lips meet; where neither does,
 the pixel is inside the open mouth and gets painted). One `grid_sample` warps the crop,
-the interior is painted over it, and the crop is converted to yuv420p and pasted into a
-copy of the cached full frame.
+the interior is painted over it, and the crop is converted to yuv420p. The photo then comes
+alive (models/lipsync/life.py): it blinks, sways slowly and nods on stressed syllables, and
+the mouth crop is composed into that moving frame.
+
+MouthWarp is the torch half of the mouth and also serves video avatars
+(models/lipsync/video_warp.py), whose frames each map onto the reference frame's rig.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from models.avatar.photo import PhotoAvatar
+from models.lipsync.life import LifeSettings, PhotoLife
 from models.lipsync.mouth import BITE, N_MOUTH_PARAMS, OPEN, PRESS, ROUND, WIDE
 from models.lipsync.mouth_interior import InteriorColours, MouthInteriorPainter, photo_teeth_colour
 from models.lipsync.renderer import FrameSource, LipSyncRenderer
+from models.lipsync.yuv import CropBox, paste_planes, rgb_to_yuv420, rgb_to_yuv_planes, yuv420_to_rgb
 from models.speech import SpeechChunk
+
+__all__ = [
+    "CropBox", "MouthRig", "MouthWarp", "PhotoWarpFrames", "PhotoWarpRenderer", "mouth_track_for",
+    "rgb_to_yuv420", "rgb_to_yuv_planes", "yuv420_to_rgb",  # the last three re-exported from yuv.py
+]
 
 # Inner-lip gap at open=1 as a share of the inner mouth width (dlib's 62-66 over 60-64).
 OPEN_RATIO = 0.46
-OPEN_GAMMA = 0.8  # open -> jaw travel curve (see _render_rgb)
+OPEN_GAMMA = 0.8  # open -> jaw travel curve (see MouthWarp.render_rgb)
 RENDER_BATCH = 8
 CONTACT_SHADE = 0.4  # darkening of the lower lip's edge where the lips press together
 SEAM = 1.0  # half-width in pixels of the photo's teeth/lower-lip edge row
 
-# BT.601 limited range, the matrix libvpx/aiortc and browsers assume for yuv420p.
-_Y = (0.256788, 0.504129, 0.097906)
-_U = (-0.148223, -0.290993, 0.439216)
-_V = (0.439216, -0.367788, -0.071427)
-
-
-def rgb_to_yuv_planes(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 3, H, W) float RGB in [0, 255] (H, W even) -> uint8 Y (B, H, W), U and V (B, H/2, W/2)."""
-    rgb = rgb.clamp(0.0, 255.0)
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    y = _Y[0] * r + _Y[1] * g + _Y[2] * b + 16.5
-    # Chroma of the 2x2 block mean: the matrix is linear, so average first (4x fewer products).
-    m = F.avg_pool2d(rgb, 2)
-    r, g, b = m[:, 0], m[:, 1], m[:, 2]
-    u = _U[0] * r + _U[1] * g + _U[2] * b + 128.5
-    v = _V[0] * r + _V[1] * g + _V[2] * b + 128.5
-    # +0.5 then truncation rounds; every value is already inside [16, 240].
-    return y.to(torch.uint8), u.to(torch.uint8), v.to(torch.uint8)
-
-
-def rgb_to_yuv420(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> packed yuv420p (H * 3 // 2, W) uint8, same arithmetic as the renderer."""
-    h, w = rgb.shape[:2]
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
-    y, u, v = rgb_to_yuv_planes(t)
-    out = np.empty((h * 3 // 2, w), dtype=np.uint8)
-    flat = out.reshape(-1)
-    flat[: h * w] = y[0].numpy().reshape(-1)
-    flat[h * w : h * w + h * w // 4] = u[0].numpy().reshape(-1)
-    flat[h * w + h * w // 4 :] = v[0].numpy().reshape(-1)
-    return out
-
-
-def yuv420_to_rgb(frame: np.ndarray) -> np.ndarray:
-    """Packed yuv420p (H * 3 // 2, W) uint8 -> (H, W, 3) uint8 RGB (BT.601 limited range; for checks and previews)."""
-    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
-    flat = frame.reshape(-1)
-    y = flat[: h * w].reshape(h, w).astype(np.float32) - 16.0
-    u = flat[h * w : h * w + h * w // 4].reshape(h // 2, w // 2).astype(np.float32) - 128.0
-    v = flat[h * w + h * w // 4 :].reshape(h // 2, w // 2).astype(np.float32) - 128.0
-    u = u.repeat(2, axis=0).repeat(2, axis=1)
-    v = v.repeat(2, axis=0).repeat(2, axis=1)
-    r = 1.164383 * y + 1.596027 * v
-    g = 1.164383 * y - 0.391762 * u - 0.812968 * v
-    b = 1.164383 * y + 2.017232 * u
-    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
-
 
 # ---------------------------------------------------------------------------------------
 # Per-avatar rig: crop, basis fields, parting-line tables, interior colours.
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """The warped region of the frame: top-left (x0, y0) and size, all even (yuv420p chroma alignment)."""
-
-    x0: int
-    y0: int
-    width: int
-    height: int
 
 
 class MouthRig:
@@ -525,87 +479,48 @@ def _dedupe(centres: np.ndarray, values: np.ndarray, tol: float = 0.02) -> tuple
     return centres[keep], values[keep]
 
 
+
 # ---------------------------------------------------------------------------------------
-# The renderer.
+# The torch half of the mouth.
 
 
-class PhotoWarpRenderer(LipSyncRenderer):
-    """Lip-sync by warping the avatar photo's mouth and jaw, all in torch on `device`."""
+class MouthWarp:
+    """Renders the warped, painted mouth crop of a MouthRig for a batch of mouth shapes (torch, on `device`).
 
-    def __init__(self, avatar: PhotoAvatar, fps: int = 25, device: str | None = None) -> None:
-        self.avatar = avatar
-        self.width, self.height, self.fps = avatar.width, avatar.height, int(fps)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        rig = MouthRig(avatar.rgb, avatar.landmarks)
+    By default the crop is the rig's own photo crop. For a video, each frame passes its own
+    crop (same size for the batch, at least the rig's) and an affine map `to_ref` from that
+    crop's pixels to the rig's crop pixels: the fields and parting-line tables are read
+    where each pixel falls on the rig, and the samples are taken from the frame's own crop.
+    """
+
+    def __init__(self, rig: MouthRig, device: torch.device) -> None:
         self.rig = rig
-        self.crop = rig.crop
-        base = rgb_to_yuv420(avatar.rgb)
-        base.setflags(write=False)
-        self._base = base
-        dev = self.device
-        c = rig.crop
+        self.crop = c = rig.crop
+        self.device = dev = device
         self._basis = torch.from_numpy(rig.basis.reshape(N_MOUTH_PARAMS, -1)).to(dev)
         gy, gx = torch.meshgrid(
             torch.arange(c.height, dtype=torch.float32), torch.arange(c.width, dtype=torch.float32), indexing="ij"
         )
         self._gx, self._gy = gx.to(dev), gy.to(dev)
-        # Pad the tables by one column so the linear lookup never reads past the end.
-        tables = torch.from_numpy(np.concatenate([rig.tables, rig.tables[:, -1:]], axis=1))
-        self._tables = tables.to(dev)
+        self._tables = torch.from_numpy(rig.tables).to(dev)
         self._crop_rgb = torch.from_numpy(rig.crop_rgb).permute(2, 0, 1).unsqueeze(0).float().contiguous().to(dev)
-        self._to_grid = torch.tensor(
-            [2.0 / (c.width - 1), 2.0 / (c.height - 1)], dtype=torch.float32, device=dev
-        )
+        self._to_grid = torch.tensor([2.0 / (c.width - 1), 2.0 / (c.height - 1)], dtype=torch.float32, device=dev)
         self._painter = MouthInteriorPainter(rig.colours, rig.mouth_width, dev, whole_teeth=not rig.shows_teeth)
         self._centre_x = float(rig.centre_x - c.x0)
         self._half_width = 0.5 * rig.mouth_width
 
-    def idle_frame(self, tick: int) -> np.ndarray:
-        """The photo itself (cached, read-only)."""
-        return self._base
-
-    def begin(self, speech: SpeechChunk, tick: int) -> FrameSource:
-        from models.lipsync.visemes import audio_mouth_track, mouth_track
-
-        n_frames = math.ceil(round(speech.duration * self.fps, 6))
-        if speech.phonemes:
-            track = mouth_track(speech.phonemes, n_frames, self.fps)
-        else:
-            track = audio_mouth_track(speech.audio, speech.sample_rate, n_frames, self.fps)
-        return PhotoWarpFrames(self, track)
-
-    def render_mouth(self, params: np.ndarray) -> list[np.ndarray]:
-        """yuv420p frames for mouth parameters (B, N_MOUTH_PARAMS) in [0, 1] (any B; one torch batch)."""
-        params = np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)
-        if len(params) == 0:
-            return []
-        y, u, v = self._render_planes(torch.from_numpy(params).to(self.device))
-        y, u, v = y.cpu().numpy(), u.cpu().numpy(), v.cpu().numpy()
-        c, h, w = self.crop, self.height, self.width
-        frames = []
-        for b in range(len(params)):
-            frame = self._base.copy()
-            frame[c.y0 : c.y0 + c.height, c.x0 : c.x0 + c.width] = y[b]
-            flat = frame.reshape(-1)
-            cy, cx, ch, cw = c.y0 // 2, c.x0 // 2, c.height // 2, c.width // 2
-            for k, plane in enumerate((u[b], v[b])):
-                start = h * w + k * (h * w // 4)
-                flat[start : start + h * w // 4].reshape(h // 2, w // 2)[cy : cy + ch, cx : cx + cw] = plane
-            frames.append(frame)
-        return frames
-
-    def render_rgb_crop(self, params: np.ndarray) -> np.ndarray:
-        """The warped, painted crop as (B, h, w, 3) uint8 RGB (for previews and checks)."""
-        p = torch.from_numpy(np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)).to(self.device)
+    def render_planes(
+        self, params: torch.Tensor, crops: torch.Tensor | None = None, to_ref: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 Y (B, h, w), U, V (B, h/2, w/2) of the crop for params (B, N_MOUTH_PARAMS)."""
         with torch.inference_mode():
-            rgb = self._render_rgb(p)
-        return rgb.clamp(0, 255).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            return rgb_to_yuv_planes(self.render_rgb(params, crops, to_ref))
 
-    @torch.inference_mode()
-    def _render_planes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return rgb_to_yuv_planes(self._render_rgb(params))
-
-    def _render_rgb(self, params: torch.Tensor) -> torch.Tensor:
+    def render_rgb(
+        self, params: torch.Tensor, crops: torch.Tensor | None = None, to_ref: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 3, h, w) float RGB. crops: (B, 3, h, w) float frames' crops; to_ref: (B, 2, 3) affine maps
+        from their pixels to the rig crop's (both None: the rig's photo crop)."""
         c = self.crop
         b = params.shape[0]
         w = params.clamp(0.0, 1.0)
@@ -618,8 +533,20 @@ class PhotoWarpRenderer(LipSyncRenderer):
         opening = w[:, :1].pow(OPEN_GAMMA) * keep_open[:, None]
         w = torch.cat([opening, w[:, 1:]], dim=1)
         f = (w @ self._basis).view(b, 4, c.height, c.width)
-        ux, uy = self._gx + f[:, 0], self._gy + f[:, 1]
-        lx, ly = self._gx + f[:, 2], self._gy + f[:, 3]
+        if to_ref is None:
+            gx, gy = self._gx, self._gy
+        else:
+            h_out, w_out = crops.shape[-2:]
+            vx = torch.arange(w_out, dtype=torch.float32, device=self.device).view(1, 1, w_out)
+            vy = torch.arange(h_out, dtype=torch.float32, device=self.device).view(1, h_out, 1)
+            a = to_ref.view(b, 6, 1, 1)
+            gx = a[:, 0] * vx + a[:, 1] * vy + a[:, 2]
+            gy = a[:, 3] * vx + a[:, 4] * vy + a[:, 5]
+            # The fields are zero on the rig crop's border, so zeros beyond it continue them.
+            where = torch.stack([gx, gy], dim=-1) * self._to_grid - 1.0
+            f = F.grid_sample(f, where, mode="bilinear", padding_mode="zeros", align_corners=True)
+        ux, uy = gx + f[:, 0], gy + f[:, 1]
+        lx, ly = gx + f[:, 2], gy + f[:, 3]
 
         upper_bound, upper_lip, teeth, seam = self._lookup(ux, (0, 2, 3, 4))
         (lower_bound,) = self._lookup(lx, (1,))
@@ -631,10 +558,17 @@ class PhotoWarpRenderer(LipSyncRenderer):
         sx = torch.where(take_lower, lx, ux)
         # Clamp to the own side so pixels at an edge show that edge, not what lies across it.
         sy = torch.where(take_lower, torch.maximum(ly, lower_bound), torch.minimum(uy, upper_bound))
-        grid = torch.stack([sx, sy], dim=-1) * self._to_grid - 1.0
-        image = F.grid_sample(
-            self._crop_rgb.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True
-        )
+        if to_ref is None:
+            grid = torch.stack([sx, sy], dim=-1) * self._to_grid - 1.0
+            source = self._crop_rgb.expand(b, -1, -1, -1)
+        else:
+            back = _invert_affine(to_ref).view(b, 6, 1, 1)
+            px = back[:, 0] * sx + back[:, 1] * sy + back[:, 2]
+            py = back[:, 3] * sx + back[:, 4] * sy + back[:, 5]
+            scale = torch.tensor([2.0 / (w_out - 1), 2.0 / (h_out - 1)], dtype=torch.float32, device=self.device)
+            grid = torch.stack([px, py], dim=-1) * scale - 1.0
+            source = crops
+        image = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
         # Lips pressed together (or tucked under the teeth) shade the lower lip's top edge.
         contact = torch.maximum(w[:, PRESS], w[:, BITE]).view(b, 1, 1)
         shade = 1.0 - CONTACT_SHADE * contact * torch.exp(-a_l.clamp(min=0.0) / 1.2) * take_lower
@@ -643,31 +577,130 @@ class PhotoWarpRenderer(LipSyncRenderer):
         return self._painter.paint(image, -a_u, -a_l, across, teeth, seam)
 
     def _lookup(self, x: torch.Tensor, rows: tuple[int, ...]) -> list[torch.Tensor]:
-        """Linear interpolation of the per-column tables at fractional columns x."""
-        x = x.clamp(0.0, float(self.crop.width - 1))
-        i = x.floor()
-        frac = x - i
-        i = i.long()
-        out = []
-        for r in rows:
-            table = self._tables[r]
-            a, b = table[i], table[i + 1]
-            out.append(a + (b - a) * frac)
-        return out
+        """Linear interpolation of the per-column tables at fractional columns x (B, h, w), clamped to the crop."""
+        b = x.shape[0]
+        table = self._tables[list(rows)].view(1, len(rows), 1, -1).expand(b, -1, -1, -1)
+        # A one-row image: bilinear sampling along x is the linear lookup, in one kernel.
+        where = torch.stack([x * self._to_grid[0] - 1.0, torch.zeros_like(x)], dim=-1)
+        out = F.grid_sample(table, where, mode="bilinear", padding_mode="border", align_corners=True)
+        return list(out.unbind(1))
+
+
+def _invert_affine(m: torch.Tensor) -> torch.Tensor:
+    """Inverses of (B, 2, 3) affine maps."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return torch.stack(
+        [torch.stack([ia, ib, -(ia * c + ib * f)], dim=1), torch.stack([id_, ie, -(id_ * c + ie * f)], dim=1)], dim=1
+    )
+
+
+def mouth_track_for(speech: SpeechChunk, fps: int) -> np.ndarray:
+    """Mouth parameters per video frame of a chunk: from its phonemes, else from its audio."""
+    from models.lipsync.visemes import audio_mouth_track, mouth_track
+
+    n_frames = math.ceil(round(speech.duration * fps, 6))
+    if speech.phonemes:
+        return mouth_track(speech.phonemes, n_frames, fps)
+    return audio_mouth_track(speech.audio, speech.sample_rate, n_frames, fps)
+
+
+# ---------------------------------------------------------------------------------------
+# The renderer.
+
+
+class PhotoWarpRenderer(LipSyncRenderer):
+    """Lip-sync by warping the avatar photo's mouth and jaw, all in torch on `device`.
+
+    With `life` (the default) the photo blinks, sways and nods (models/lipsync/life.py);
+    life=None gives the still photo with only the mouth moving.
+    """
+
+    def __init__(
+        self, avatar: PhotoAvatar, fps: int = 25, device: str | None = None,
+        life: LifeSettings | None = LifeSettings(),
+    ) -> None:
+        self.avatar = avatar
+        self.width, self.height, self.fps = avatar.width, avatar.height, int(fps)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        rig = MouthRig(avatar.rgb, avatar.landmarks)
+        self.rig = rig
+        self.crop = rig.crop
+        self.mouth = MouthWarp(rig, self.device)
+        base = rgb_to_yuv420(avatar.rgb)
+        base.setflags(write=False)
+        self._base = base
+        self.life = (
+            PhotoLife(avatar.rgb, avatar.landmarks, base, rig.crop, self.fps, life, self.device) if life else None
+        )
+
+    def idle_frame(self, tick: int) -> np.ndarray:
+        """The photo at this tick: swaying and blinking with life (read-only; shared between calls)."""
+        if self.life is None:
+            return self._base
+        return self.life.frames([tick])[0]
+
+    def begin(self, speech: SpeechChunk, tick: int) -> FrameSource:
+        track = mouth_track_for(speech, self.fps)
+        nods = self.life.nods(speech.phonemes, len(track)) if self.life is not None else None
+        return PhotoWarpFrames(self, track, tick, nods)
+
+    def render_frames(
+        self, params: np.ndarray, ticks: Sequence[int], nods: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """yuv420p speech frames: mouth parameters (B, N_MOUTH_PARAMS) shown at clock ticks (B,), with
+        the head dipped by nods (B,) pixels (one torch batch)."""
+        params = np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)
+        if len(params) == 0:
+            return []
+        if self.life is None:
+            return self.render_mouth(params)
+        planes = self.mouth.render_planes(torch.from_numpy(params).to(self.device))
+        return self.life.frames(ticks, planes, nods)
+
+    def render_mouth(self, params: np.ndarray) -> list[np.ndarray]:
+        """yuv420p frames of the still photo (no blinks, no sway) for mouth parameters (B, N_MOUTH_PARAMS)."""
+        params = np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)
+        if len(params) == 0:
+            return []
+        y, u, v = (p.cpu().numpy() for p in self.mouth.render_planes(torch.from_numpy(params).to(self.device)))
+        frames = []
+        for b in range(len(params)):
+            frame = self._base.copy()
+            paste_planes(frame, self.crop, y[b], u[b], v[b])
+            frames.append(frame)
+        return frames
+
+    def render_rgb_crop(self, params: np.ndarray) -> np.ndarray:
+        """The warped, painted crop as (B, h, w, 3) uint8 RGB (for previews and checks)."""
+        p = torch.from_numpy(np.asarray(params, dtype=np.float32).reshape(-1, N_MOUTH_PARAMS)).to(self.device)
+        with torch.inference_mode():
+            rgb = self.mouth.render_rgb(p)
+        return rgb.clamp(0, 255).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class PhotoWarpFrames(FrameSource):
-    """The frames of one speech chunk: its mouth track, rendered in batches on demand."""
+    """The frames of one speech chunk: its mouth track (and head nods), rendered in batches on demand.
 
-    def __init__(self, renderer: PhotoWarpRenderer, track: np.ndarray) -> None:
+    Frame i is shown at clock tick `tick + i`; anything alive in the picture follows that tick.
+    `renderer` is anything with `render_frames(params, ticks, nods)` (photo or video).
+    """
+
+    def __init__(self, renderer, track: np.ndarray, tick: int = 0, nods: np.ndarray | None = None) -> None:
         self.renderer = renderer
         self.track = np.asarray(track, dtype=np.float32)
         self.n_frames = len(self.track)
+        self.tick = int(tick)
+        self.nods = nods
 
     def render(self, start: int, count: int) -> list[np.ndarray]:
         if start < 0 or count < 0 or start + count > self.n_frames:
             raise IndexError(f"frames [{start}, {start + count}) outside this chunk's {self.n_frames} frames")
         frames: list[np.ndarray] = []
         for i in range(start, start + count, RENDER_BATCH):
-            frames += self.renderer.render_mouth(self.track[i : min(start + count, i + RENDER_BATCH)])
+            j = min(start + count, i + RENDER_BATCH)
+            nods = self.nods[i:j] if self.nods is not None else None
+            frames += self.renderer.render_frames(self.track[i:j], range(self.tick + i, self.tick + j), nods)
         return frames

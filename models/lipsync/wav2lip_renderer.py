@@ -18,26 +18,10 @@ from models.lipsync.mel import MelFrontEnd, mel_windows
 from models.lipsync.renderer import FrameSource, LipSyncRenderer
 from models.lipsync.wav2lip_checkpoint import load_wav2lip_checkpoint
 from models.lipsync.wav2lip_net import FACE_SIZE, Wav2LipNet
+from models.lipsync.yuv import rgb_to_yuv_planes as rgb_to_yuv420p_planes
 from models.speech import SpeechChunk
 
 CHIN_PAD = 10  # pixels added below the face box, as the checkpoints were trained with
-
-
-def rgb_to_yuv420p_planes(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B,3,H,W) uint8 RGB (H, W even) -> Y (B,H,W), U, V (B,H/2,W/2) uint8, BT.601 limited range.
-
-    Integer arithmetic, so CPU and CUDA give identical bytes (the unchanged parts of a
-    rendered frame must equal the idle frame exactly).
-    """
-    x = rgb.to(torch.int32)
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
-    # Chroma from the 2x2 block sums (4x the mean), hence the extra 2 bits of shift.
-    s = x.unflatten(2, (-1, 2)).unflatten(4, (-1, 2)).sum(dim=(3, 5))
-    rs, gs, bs = s[:, 0], s[:, 1], s[:, 2]
-    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128
-    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
-    return y.to(torch.uint8), u.clamp(0, 255).to(torch.uint8), v.clamp(0, 255).to(torch.uint8)
 
 
 def lower_face_mask(height: int, width: int) -> np.ndarray:
