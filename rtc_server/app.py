@@ -185,23 +185,24 @@ async def offer(request: web.Request) -> web.Response:
                               "token": session.token})
 
 
-async def say(request: web.Request) -> web.Response:
-    session = session_for(request)
+async def read_text(request: web.Request) -> str:
+    """The `text` of a JSON body, cleaned and checked for speech."""
     body = await read_json(request, TextBody)
     try:
-        text = validate_text(body.text, request.app[CONFIG].max_text_chars)
+        return validate_text(body.text, request.app[CONFIG].max_text_chars)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+
+
+async def say(request: web.Request) -> web.Response:
+    session = session_for(request)
+    text = await read_text(request)
     return web.json_response({"utterance_id": session.say(text)}, status=202)
 
 
 async def chat(request: web.Request) -> web.Response:
     session = session_for(request)
-    body = await read_json(request, TextBody)
-    try:
-        text = validate_text(body.text, request.app[CONFIG].max_text_chars)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
+    text = await read_text(request)
     if session.on_chat is None:
         raise HttpError(409, "chat is not available: the server runs without a reply model (--listen false)")
     return web.json_response(session.on_chat(text), status=202)

@@ -216,6 +216,11 @@ class AvatarClient:
         assert status == 202, (status, body)
         return body["utterance_id"]
 
+    async def speech_end(self, utterance_id: str, timeout: float = 30.0) -> dict:
+        """The speech_end event of `utterance_id` (waits for it)."""
+        return await self.wait_event(
+            lambda e: e.get("type") == "speech_end" and e["utterance_id"] == utterance_id, timeout)
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()

@@ -61,7 +61,7 @@ async def test_uploaded_photo_becomes_a_selectable_avatar(avatar_server):
         await client.wait_media()
         assert client.received.video_size == (400, 400)
         uid = await client.say("Hello from the mirror.")
-        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid, 30)
+        end = await client.speech_end(uid, 30)
         assert end["interrupted"] is False
     finally:
         await client.close()

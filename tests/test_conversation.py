@@ -125,8 +125,7 @@ async def test_garbage_audio_does_not_break_the_session(conversation_server):
         mic.play(noise)
         await asyncio.sleep(3.5)
         uid = await client.say("Still here.")
-        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
-                                      timeout=30)
+        end = await client.speech_end(uid, 30)
         assert end["interrupted"] is False
     finally:
         await client.close()
@@ -153,8 +152,7 @@ async def test_unreachable_llm_endpoint_gives_an_error_and_the_session_lives(bro
         error = await client.wait_event(lambda e: e.get("type") == "error", timeout=30)
         assert "127.0.0.1:9" in error["message"]
         uid = await client.say("I am still alive.")
-        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
-                                      timeout=30)
+        end = await client.speech_end(uid, 30)
         assert end["interrupted"] is False
     finally:
         await client.close()
@@ -204,8 +202,7 @@ async def test_without_barge_in_the_avatar_talks_through_user_speech(kiosk_serve
         await asyncio.sleep(3.0)
         assert not [e for _, e in client.events if e.get("type") == "speech_end"], "speech must not be cut"
         assert not [e for _, e in client.events if e.get("type") == "transcript"], "its own turn is ignored"
-        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
-                                      timeout=60)
+        end = await client.speech_end(uid, 60)
         assert end["interrupted"] is False
     finally:
         await client.close()

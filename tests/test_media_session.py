@@ -72,7 +72,7 @@ async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
     n_before = len(r.video_luma)
     uid = await client.say("Hello there, my name is Bob and I am happy to meet you.")
     start = await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid)
-    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
+    end = await client.speech_end(uid)
     assert end["interrupted"] is False
     t_start = next(t for t, e in client.events if e is start)
     t_end = next(t for t, e in client.events if e is end)
@@ -169,7 +169,7 @@ async def test_interrupt_stops_speech_and_nothing_leaks_after(client):
     status, body = await client.request("POST", f"/sessions/{client.session_id}/interrupt")
     assert status == 200 and uid in body["interrupted"]
     t_int = time.monotonic()
-    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
+    end = await client.speech_end(uid)
     assert end["interrupted"] is True
     await asyncio.sleep(2.0)
     assert rms(audio_between(client, t_int + 0.4, t_int + 2.0)) < 100, "audio after interrupt must be silent"

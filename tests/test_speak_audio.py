@@ -31,7 +31,7 @@ async def test_uploaded_wav_plays_with_a_moving_mouth(client, media_models):
     assert status == 202 and abs(body["duration_s"] - 2.0) < 0.05
     uid = body["utterance_id"]
     start = await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid)
-    end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid)
+    end = await client.speech_end(uid)
     t0 = next(t for t, e in client.events if e is start)
     t1 = next(t for t, e in client.events if e is end)
     assert 1.8 < t1 - t0 < 2.6

@@ -36,8 +36,7 @@ async def test_wav2lip_session_speaks_with_a_changing_lower_face(wav2lip_server)
         uid = await client.say("Hello from the neural renderer.")
         start = await client.wait_event(lambda e: e.get("type") == "speech_start" and e["utterance_id"] == uid,
                                         timeout=60)
-        end = await client.wait_event(lambda e: e.get("type") == "speech_end" and e["utterance_id"] == uid,
-                                      timeout=60)
+        end = await client.speech_end(uid, 60)
         assert end["interrupted"] is False
         t0 = next(t for t, e in client.events if e is start)
         t1 = next(t for t, e in client.events if e is end)
