@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -116,15 +117,13 @@ def diagnostics(ms: list[SentenceMeasurement], lead: float, threshold: float, re
         pairs = [pick(m) for m in ms]
         return pearson(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
 
-    lead_scan = {}
-    for shift in (0.0, 0.02, 0.04, 0.06, 0.08):
-        lead_scan[f"{shift * 1000:.0f}ms"] = pooled(
-            lambda m, s=shift: (
-                m.openings[speech_mask(m.phonemes, len(m.openings), m.fps, s)],
-                expected_openness(m.phonemes, len(m.openings), m.fps, s)[speech_mask(m.phonemes, len(m.openings), m.fps, s)],
-            )
-        )
-    unsmoothed = pooled(lambda m: (m.openings[m.speech], expected_openness(m.phonemes, len(m.openings), m.fps, lead, smooth=False)[m.speech]))
+    def shifted(m: SentenceMeasurement, shift: float, smooth: bool = True):
+        n = len(m.openings)
+        keep = speech_mask(m.phonemes, n, m.fps, shift)
+        return m.openings[keep], expected_openness(m.phonemes, n, m.fps, shift, smooth)[keep]
+
+    lead_scan = {f"{s * 1000:.0f}ms": pooled(lambda m, s=s: shifted(m, s)) for s in (0.0, 0.02, 0.04, 0.06, 0.08)}
+    unsmoothed = pooled(lambda m: shifted(m, lead, smooth=False))
 
     def without_closures(m: SentenceMeasurement):
         keep = m.speech & ~closure_window_frames(m, lead)
@@ -264,10 +263,13 @@ def contact_sheet(m: SentenceMeasurement, avatar: PhotoAvatar, threshold: float,
         tiles.append(np.zeros_like(tiles[0]))
     rows = [np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)]
     sheet = Image.fromarray(np.concatenate(rows, axis=0))
-    title = Image.new("RGB", (sheet.width, 22), (0, 0, 0))
-    ImageDraw.Draw(title).text((4, 4), f'"{m.text}" every {step} frames at {m.fps} fps; label: frame time, phones '
-                               f"heard {lead * 1000:.0f} ms later (X-SAMPA); cyan: re-detected inner lip; border: frame "
-                               f"judged for a p/b/m (green: that p/b/m closed here or next to it, red: it never closed)", fill=(255, 255, 255), font=font)
+    title = Image.new("RGB", (sheet.width, 34), (0, 0, 0))
+    caption = (
+        f'"{m.text}" every {step} frames at {m.fps} fps. Label: frame time, phones heard {lead * 1000:.0f} ms later '
+        "(X-SAMPA), re-detected opening.\nCyan: re-detected inner lip. Border: a frame judged for a p/b/m "
+        "(green: that p/b/m closed here or in its other judged frame; red: it never closed)."
+    )
+    ImageDraw.Draw(title).multiline_text((4, 3), caption, fill=(255, 255, 255), font=font, spacing=3)
     out = Image.new("RGB", (sheet.width, sheet.height + title.height))
     out.paste(title, (0, 0))
     out.paste(sheet, (0, title.height))
@@ -362,7 +364,8 @@ def random_wav2lip_checkpoint(folder: Path) -> Path:
 def speeds(avatar: PhotoAvatar, speech: SpeechChunk, fps: int, seconds: float) -> dict:
     from models.lipsync.wav2lip_renderer import Wav2LipRenderer
 
-    out: dict = {"cpu_threads_available": torch.get_num_threads()}
+    out: dict = {"cpu_count": os.cpu_count(), "load_average_before": list(os.getloadavg())}
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: other processes share these cores)")
     threads_before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -444,10 +447,12 @@ def main() -> None:
         print(f"{m.text:44s} {len(m.openings):>6} {closed:>5}/{len(m.closures):<6} {m.r:>6.2f} {r_own:>8.2f}")
         failed = [c for c in m.closures if not c.closed]
         for c in failed:
-            print(f"    open p/b/m: {c.phoneme!r} {c.start:.3f}-{c.end:.3f} s, frames {list(c.frames)}, "
-                  f"min opening {c.opening:.3f} > {accuracy.threshold:.3f}; openings around: "
-                  f"{np.round(m.openings[max(0, c.frames[0] - 2): c.frames[-1] + 3], 3).tolist()} "
-                  f"from frame {max(0, c.frames[0] - 2)}")
+            k = next(j for j, p in enumerate(m.phonemes) if p.start == c.start and p.phoneme == c.phoneme)
+            context = " ".join(f"{p.phoneme!r}@{p.start:.3f}" for p in m.phonemes[max(0, k - 2): k + 2])
+            first = max(0, c.frames[0] - 2)
+            print(f"    open p/b/m: {c.phoneme!r} {c.start:.3f}-{c.end:.3f} s ({context}), frames {list(c.frames)}, "
+                  f"min opening {c.opening:.3f} > {accuracy.threshold:.3f}; openings of frames {first}..: "
+                  f"{np.round(m.openings[first: c.frames[-1] + 3], 3).tolist()}")
         sentences_json.append({
             "text": m.text, "frames": len(m.openings), "speech_frames": int(m.speech.sum()),
             "closures": len(m.closures), "closed": closed, "r": m.r, "r_renderer_open_not_independent": r_own,
@@ -476,7 +481,8 @@ def main() -> None:
           f"{diag['r_without_closure_window_frames']:.3f}")
     print(f"  r with those frames expected closed (0): {diag['r_with_closure_windows_expected_closed']:.3f}")
     print(f"  closed frames (<= threshold): {diag['closed_frames']}, of which in a p/b/m window: "
-          f"{diag['closed_frames_in_closure_windows']}; mean expected openness on them: {diag['expected_on_closed_frames_mean']:.2f}")
+          f"{diag['closed_frames_in_closure_windows']}; mean expected openness on them: "
+          f"{diag['expected_on_closed_frames_mean']:.2f}")
     pb = diag["not_independent_r_excluding_renderer_press_bite"]
     if pb:
         print(f"  NOT independent (uses the renderer's track): r without frames where it presses (PRESS > 0.05) "
