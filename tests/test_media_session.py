@@ -54,11 +54,13 @@ def mouth_box(models) -> tuple[slice, slice]:
 async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
     await asyncio.sleep(3.0)
     r = client.received
-    t = np.array(r.video_times)
-    recent = t[t > t[-1] - 2.5]
-    fps = (len(recent) - 1) / (recent[-1] - recent[0])
-    assert 23.5 < fps < 26.5, f"video arrives at {fps:.1f} fps"
-    assert np.median(np.diff(r.video_pts[-40:])) == 90_000 // FPS
+    pts = np.array(r.video_pts[-60:])
+    assert np.median(np.diff(pts)) == 90_000 // FPS, "one frame per 1/25 s of media time"
+    media_fps = (len(pts) - 1) / ((pts[-1] - pts[0]) / 90_000)
+    assert media_fps > 24.0, f"frames missing from the timeline: {media_fps:.1f} fps"
+    t = np.array(r.video_times[-60:])
+    wall_fps = (len(t) - 1) / (t[-1] - t[0])
+    assert 20 < wall_fps < 30, f"video arrives at {wall_fps:.1f} fps"  # loose: a busy machine jitters
     assert r.audio_rate == 48_000
     assert set(r.audio_samples[-50:]) == {960}, "audio frames must be 20 ms"
     renderer = media_models.renderer(None)
