@@ -49,7 +49,11 @@ RATE = 48_000
 MIC_FLOOR = 0.01          # |sample| (full scale 1.0) above which the mic PCM counts as speech
 AUDIBLE_RMS = 200.0       # int16 RMS of one decoded 20 ms frame above which the avatar is heard
 NONZERO_RMS = 8.0         # above this a decoded frame is not digital silence (speech has begun)
-TARGETS_MS = {"v2v_p50": 900, "v2v_p95": 1300, "barge_in_p50": 250}
+# At or below this a frame is digital silence: what idle ticks send (Opus leaves a tail of 2-4 in
+# the first one). Even the quiet stretches between words of Piper speech stay above it.
+SILENT_RMS = 5.0
+QUIET_CORES = 0.3         # a trial counts as uncontended when other processes used fewer cores
+TARGETS_MS = {"v2v_p50": 900, "v2v_p95": 1300, "barge_in": 250}
 
 QUESTIONS = [
     "What time is it?",
@@ -133,6 +137,79 @@ class ServerProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+# ---- CPU: who was busy -------------------------------------------------------------------
+
+
+class CpuMonitor:
+    """Samples the machine's and our processes' CPU time, so contention from others shows.
+
+    The box is shared: a bench by someone else on 2 cores doubles ASR time. Every figure is
+    reported with the cores that the server, this client and everything else were using.
+    """
+
+    def __init__(self, pids: dict[str, int], period_s: float = 0.25) -> None:
+        self.pids = pids
+        self.period_s = period_s
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.samples: list[tuple[float, float, dict[str, float]]] = []  # (t, machine busy s, {name: s})
+        self._task: asyncio.Task | None = None
+
+    def _machine_busy(self) -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / self.tick
+
+    def _process(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime, all threads
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), self._machine_busy(),
+                             {name: self._process(pid) for name, pid in self.pids.items()}))
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.period_s)
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.sample()
+
+    async def quiet(self, max_wait_s: float, limit: float = 0.3, window_s: float = 1.5) -> float:
+        """Wait (at most max_wait_s) until other processes use < limit cores; returns the wait."""
+        start = time.monotonic()
+        while time.monotonic() - start < max_wait_s:
+            now = time.monotonic()
+            load = self.cores(now - window_s, now)
+            if load is not None and load["others"] < limit:
+                break
+            await asyncio.sleep(self.period_s)
+        return round(time.monotonic() - start, 1)
+
+    def cores(self, t0: float, t1: float) -> dict[str, float] | None:
+        """Average cores busy between t0 and t1: per watched process, and 'others'."""
+        inside = [s for s in self.samples if t0 - self.period_s <= s[0] <= t1 + self.period_s]
+        if len(inside) < 2:
+            return None
+        (ta, ma, pa), (tb, mb, pb) = inside[0], inside[-1]
+        span = tb - ta
+        out = {name: round((pb[name] - pa[name]) / span, 2) for name in self.pids}
+        out["others"] = round(max(0.0, (mb - ma) / span - sum(out.values())), 2)
+        return out
 
 
 # ---- what the microphone plays -----------------------------------------------------------
@@ -256,10 +333,11 @@ class VoiceTurn:
     event_ms: float | None = None          # same, to the speech_start event on the data channel
     stages_ms: dict = field(default_factory=dict)  # the server's, as returned by GET /sessions/{id}
     client_ms: dict = field(default_factory=dict)  # the parts the server cannot see
-    history_messages: int = 0
+    history_messages: int = 0              # chat messages before this question in the session
+    cpu_cores: dict | None = None          # cores busy from the question's start to the reply
 
 
-async def voice_turn(client: AvatarClient, line: SpokenLine, history: int) -> VoiceTurn:
+async def voice_turn(client: AvatarClient, line: SpokenLine, history: int, cpu: CpuMonitor) -> VoiceTurn:
     """Play one question and time the reply."""
     wait = event_waiter(client)
     result = VoiceTurn(question=line.text, history_messages=history)
@@ -289,6 +367,7 @@ async def voice_turn(client: AvatarClient, line: SpokenLine, history: int) -> Vo
     onset = frames.first_where(user_end, NONZERO_RMS)
     wire, decoded = frames.wire[audible], frames.decoded[audible]
     result.total_wire_ms = ms(user_end, wire)
+    result.cpu_cores = cpu.cores(played_at, wire)
     result.total_decoded_ms = ms(user_end, decoded)
     result.event_ms = ms(user_end, t_start)
     result.stages_ms = dict(turn["stages_ms"])
@@ -324,13 +403,18 @@ class BargeIn:
     interjection: str
     error: str | None = None
     interrupted: bool | None = None
-    paused_at_onset: bool = False     # the avatar was between words: the audio cut is not measurable
-    cut_wire_ms: float | None = None  # onset -> first frame (wire) after which the avatar stays silent
+    cut_wire_ms: float | None = None  # onset -> first frame (wire) after which only silence arrives
     cut_decoded_ms: float | None = None
+    # onset -> first frame after which nothing audible arrives; may precede the cut (a pause
+    # between words), or even the onset (paused_at_onset)
+    inaudible_wire_ms: float | None = None
+    paused_at_onset: bool = False
     event_ms: float | None = None     # onset -> speech_end(interrupted) on the data channel
+    cpu_cores: dict | None = None
+    rms_trace: list = field(default_factory=list)  # (ms from onset by wire arrival, RMS) around the cut
 
 
-async def barge_in(client: AvatarClient, line: SpokenLine, talk_s: float) -> BargeIn:
+async def barge_in(client: AvatarClient, line: SpokenLine, talk_s: float, cpu: CpuMonitor) -> BargeIn:
     """Let the avatar talk for talk_s, then cut in with `line`."""
     wait = event_waiter(client)
     result = BargeIn(interjection=line.text)
@@ -356,26 +440,29 @@ async def barge_in(client: AvatarClient, line: SpokenLine, talk_s: float) -> Bar
         return result
     result.interrupted = bool(end.get("interrupted"))
     result.event_ms = ms(onset, t_end)
+    result.cpu_cores = cpu.cores(onset - 1.0, t_end)
     await asyncio.sleep(1.5)
     # The user's words become a turn; its reply must not be mistaken for the cut-off speech.
     reply_on_air = [t["first_frame"] for t in await session_turns(client)
                     if t.get("first_frame") is not None and t["first_frame"] > onset]
     window_end = min(reply_on_air, default=onset + 3.0) - 0.02
     frames = AudioFrames.since(client, audio_first)
-    before = (frames.wire >= onset - 0.4) & (frames.wire < onset)
+    near = np.flatnonzero((frames.wire >= onset - 0.2) & (frames.wire < onset + 1.0))
+    result.rms_trace = [(ms(onset, frames.wire[i]), round(float(frames.rms[i]))) for i in near]
     inside = (frames.wire >= onset - 0.4) & (frames.wire < window_end)
-    loud = np.flatnonzero(inside & (frames.rms > AUDIBLE_RMS))
-    if not before.any() or loud.size == 0:
-        result.error = "no avatar audio around the onset"
+    speech = np.flatnonzero(inside & (frames.rms > SILENT_RMS))
+    audible = np.flatnonzero(inside & (frames.rms > AUDIBLE_RMS))
+    if audible.size == 0 or frames.wire[audible[0]] >= onset:
+        result.error = "the avatar was not audible before the onset"
+    elif speech[-1] + 1 >= frames.wire.size:
+        result.error = "the avatar never went silent"
     else:
-        cut = int(loud[-1]) + 1
-        if cut >= frames.wire.size:
-            result.error = "the avatar never went silent"
-        elif frames.wire[cut] <= onset:
-            result.paused_at_onset = True
-        else:
-            result.cut_wire_ms = ms(onset, frames.wire[cut])
-            result.cut_decoded_ms = ms(onset, frames.decoded[cut])
+        cut = int(speech[-1]) + 1
+        result.cut_wire_ms = ms(onset, frames.wire[cut])
+        result.cut_decoded_ms = ms(onset, frames.decoded[cut])
+        inaudible = int(audible[-1]) + 1
+        result.paused_at_onset = bool(frames.wire[inaudible] <= onset)
+        result.inaudible_wire_ms = ms(onset, frames.wire[inaudible])
     await settle(client, since_cut)
     return result
 
@@ -392,6 +479,10 @@ def spread(values: list[float | None]) -> dict:
             "max": round(float(xs.max()), 1)}
 
 
+def quiet(cores: dict | None) -> bool:
+    return cores is not None and cores["others"] < QUIET_CORES
+
+
 def verdict(value: float | None, target: float) -> str:
     if value is None:
         return "n/a"
@@ -402,6 +493,7 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
     good = [t for t in turns if t.error is None]
     summary = {
         "v2v_wire_ms": spread([t.total_wire_ms for t in good]),
+        "v2v_wire_quiet_ms": spread([t.total_wire_ms for t in good if quiet(t.cpu_cores)]),
         "v2v_decoded_ms": spread([t.total_decoded_ms for t in good]),
         "v2v_event_ms": spread([t.event_ms for t in good]),
         "stages_p50_ms": {k: spread([t.stages_ms.get(k) for t in good]).get("p50") for k in
@@ -411,17 +503,23 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
         "unexplained_p50_ms": spread([None if stage_sum(t) is None else t.total_wire_ms - stage_sum(t)
                                       for t in good]).get("p50"),
         "failed_questions": [asdict(t) for t in turns if t.error is not None],
+        "cores_p50": {k: spread([(t.cpu_cores or {}).get(k) for t in good]).get("p50")
+                      for k in ("server", "client", "others")},
     }
     valid_cuts = [c for c in cuts if c.cut_wire_ms is not None]
     summary["barge_in_wire_ms"] = spread([c.cut_wire_ms for c in valid_cuts])
+    summary["barge_in_wire_quiet_ms"] = spread([c.cut_wire_ms for c in valid_cuts if quiet(c.cpu_cores)])
     summary["barge_in_decoded_ms"] = spread([c.cut_decoded_ms for c in valid_cuts])
+    summary["barge_in_inaudible_ms"] = spread([c.inaudible_wire_ms for c in valid_cuts])
     summary["barge_in_event_ms"] = spread([c.event_ms for c in cuts if c.interrupted])
     summary["barge_in_not_interrupted"] = sum(1 for c in cuts if c.interrupted is False or c.error)
 
-    print("\nvoice-to-voice, per question (ms; wire = first RTP packet of the first audible reply frame)")
+    print("\nvoice-to-voice, per question (ms; wire = first RTP packet of the first audible reply frame;"
+          " others = cores used by processes not ours)")
     head = ("question", "wire", "decoded", "uplink", "eot", "asr", "tok1", "clause1", "tts1", "frame1",
-            "to_wire", "lead_in", "sum")
-    print("  {:<30} {:>6} {:>7} {:>6} {:>5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>6}".format(*head))
+            "to_wire", "lead_in", "sum", "others", "hist")
+    line = "  {:<30} {:>6} {:>7} {:>6} {:>5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>6} {:>6} {:>4}"
+    print(line.format(*head))
 
     def cell(v):
         return "-" if v is None else f"{v:.0f}"
@@ -434,8 +532,9 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
         row = (t.question[:30], t.total_wire_ms, t.total_decoded_ms, c["uplink_and_vad_end"], s["end_of_turn_wait"],
                s["asr"], s["llm_first_token"], s["llm_first_clause"], s["tts_first_audio"], s["first_frame"],
                c["first_frame_to_wire"], c["quiet_lead_in"], stage_sum(t))
-        print("  {:<30} {:>6} {:>7} {:>6} {:>5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>6}".format(
-            row[0], *map(cell, row[1:])))
+        others = (t.cpu_cores or {}).get("others")
+        print(line.format(row[0], *map(cell, row[1:]), "-" if others is None else f"{others:.2f}",
+                          t.history_messages))
     for t in good:
         print(f"    {t.question!r} heard {t.transcript!r} -> {t.reply[:70]!r}")
     if warmup is not None:
@@ -444,6 +543,9 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
     w = summary["v2v_wire_ms"]
     print(f"\nvoice-to-voice at the wire: p50 {w.get('p50')} ms, p95 {w.get('p95')} ms, n={w['n']} "
           f"-> p50 {verdict(w.get('p50'), TARGETS_MS['v2v_p50'])}, p95 {verdict(w.get('p95'), TARGETS_MS['v2v_p95'])}")
+    q = summary["v2v_wire_quiet_ms"]
+    print(f"  the same, trials where others used < {QUIET_CORES} cores: p50 {q.get('p50')} ms, "
+          f"p95 {q.get('p95')} ms, n={q['n']}")
     d = summary["v2v_decoded_ms"]
     print(f"voice-to-voice decoded:     p50 {d.get('p50')} ms, p95 {d.get('p95')} ms")
     e = summary["v2v_event_ms"]
@@ -451,15 +553,19 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
     print("p50 per stage (ms): " + ", ".join(f"{k} {v}" for k, v in
                                              {**summary["client_p50_ms"], **summary["stages_p50_ms"]}.items()))
     print(f"measured total minus the sum of the parts: p50 {summary['unexplained_p50_ms']} ms")
+    print(f"cores busy during the turns, p50: {summary['cores_p50']} (others = processes not ours)")
 
-    print("\nbarge-in (onset of the user's speech -> the avatar's audio stays silent)")
+    print("\nbarge-in (onset of the user's speech -> only silence arrives; wire = first RTP packet)")
     for c in cuts:
-        state = c.error or ("avatar between words at onset: cut not measurable" if c.paused_at_onset else "")
+        state = c.error or ("(the avatar was between words at the onset)" if c.paused_at_onset else "")
         print(f"  {c.interjection:<24} wire {cell(c.cut_wire_ms):>5}  decoded {cell(c.cut_decoded_ms):>5}  "
+              f"inaudible {cell(c.inaudible_wire_ms):>5}  "
               f"speech_end event {cell(c.event_ms):>5}  interrupted={c.interrupted} {state}")
     b = summary["barge_in_wire_ms"]
     print(f"barge-in at the wire: p50 {b.get('p50')} ms, p95 {b.get('p95')} ms, n={b['n']} "
-          f"-> {verdict(b.get('p50'), TARGETS_MS['barge_in_p50'])}")
+          f"-> p50 {verdict(b.get('p50'), TARGETS_MS['barge_in'])}, p95 {verdict(b.get('p95'), TARGETS_MS['barge_in'])}")
+    q = summary["barge_in_wire_quiet_ms"]
+    print(f"  the same, trials where others used < {QUIET_CORES} cores: p50 {q.get('p50')} ms, n={q['n']}")
     return summary
 
 
@@ -486,25 +592,40 @@ async def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     health = await server.start()
     print(f"server ready in {time.monotonic() - started:.0f} s: load {health.get('load_seconds')}")
+    cpu = CpuMonitor({"server": server.proc.pid, "client": os.getpid()})
+    cpu.start()
     client = await connect(server.url)
+    waited = 0.0
     try:
         await asyncio.sleep(2.0)  # let the peer's bandwidth estimate and clocks settle
-        warmup = await voice_turn(client, lines[WARMUP_QUESTION], history=0)
+        idle = cpu.cores(time.monotonic() - 1.5, time.monotonic())
+        print(f"cores busy with one idle session connected: {idle}")
+        warmup = await voice_turn(client, lines[WARMUP_QUESTION], history=0, cpu=cpu)
+        history = 2
         turns: list[VoiceTurn] = []
         for i, text in enumerate(questions):
-            turn = await voice_turn(client, lines[text], history=2 * (i + 1))
+            if args.turns_per_session and i and i % args.turns_per_session == 0:
+                await client.close()
+                client = await connect(server.url)
+                history = 0
+            waited += await cpu.quiet(args.wait_quiet)
+            turn = await voice_turn(client, lines[text], history=history, cpu=cpu)
+            history += 2
             turns.append(turn)
             print(f"  [{i + 1}/{n_questions}] {text!r}: "
-                  + (f"{turn.total_wire_ms} ms" if turn.error is None else f"failed: {turn.error}"), flush=True)
+                  + (f"{turn.total_wire_ms} ms" if turn.error is None else f"failed: {turn.error}")
+                  + f"  cores {turn.cpu_cores}", flush=True)
         cuts: list[BargeIn] = []
         for i, line in enumerate(cut_lines):
+            waited += await cpu.quiet(args.wait_quiet)
             # Vary the phase against the clock's 40 ms ticks and the words of the long text.
-            cut = await barge_in(client, line, talk_s=1.2 + 0.37 * i)
+            cut = await barge_in(client, line, talk_s=1.2 + 0.37 * i, cpu=cpu)
             cuts.append(cut)
             print(f"  barge-in [{i + 1}/{n_cuts}] {line.text!r}: "
-                  + (cut.error or f"{cut.cut_wire_ms} ms"), flush=True)
+                  + (cut.error or f"{cut.cut_wire_ms} ms") + f"  cores {cut.cpu_cores}", flush=True)
     finally:
         await client.close()
+        await cpu.stop()
         server.stop()
     summary = report(turns, cuts, warmup)
     return {
@@ -516,10 +637,14 @@ async def run(args: argparse.Namespace) -> dict:
                    f"{MIC_FLOOR} full scale) -> first decoded avatar audio frame with RMS > {AUDIBLE_RMS} "
                    "(int16), by the arrival of its first RTP packet (wire) or by its decode (decoded)",
             "barge_in": "user speech onset in the mic audio -> first avatar audio frame (wire arrival) after "
-                        f"which RMS stays <= {AUDIBLE_RMS} until the reply to the interjection",
+                        f"which RMS stays <= {SILENT_RMS} (digital silence: the server sends idle ticks) "
+                        "until the reply to the interjection goes on air; 'inaudible' uses RMS "
+                        f"<= {AUDIBLE_RMS} instead, which a pause between words can satisfy early",
             "clock": "server turn timestamps are time.monotonic() of the server process, the same clock here",
         },
         "targets_ms": TARGETS_MS,
+        "idle_session_cores": idle,
+        "waited_for_quiet_s": round(waited, 1),
         "summary": summary,
         "warmup": asdict(warmup),
         "questions": [asdict(t) for t in turns],
@@ -534,8 +659,14 @@ def main() -> None:
     parser.add_argument("--llm", choices=["local", "echo"], default="local", help="the server's reply model")
     parser.add_argument("--end-silence-ms", type=int, default=400, help="the server's end-of-turn silence")
     parser.add_argument("--quick", action="store_true", help="fewer questions and trials")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="before each trial wait up to S s until other processes use < 0.3 cores "
+                             "(the machine may be shared)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for run.py (repeatable), e.g. --server-arg=--queue-ms=200")
+    parser.add_argument("--turns-per-session", type=int, default=0, metavar="N",
+                        help="open a new session every N questions (default: one conversation for all; "
+                             "its history grows to --history-turns and is then trimmed)")
     parser.add_argument("--out", type=Path, default=OUT / "voice_latency.json")
     args = parser.parse_args()
     result = asyncio.run(run(args))
