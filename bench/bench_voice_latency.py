@@ -4,9 +4,11 @@
     python3 bench/bench_voice_latency.py --quick              # 4 questions, 3 barge-ins
     python3 bench/bench_voice_latency.py --llm echo --end-silence-ms 300
 
-The server runs as a subprocess (`python run.py --port P ...`, so it shares no GIL with the
-client); the client is tests/rtc_client.AvatarClient, an aiortc peer whose microphone plays
-espeak-ng speech (a voice unlike the avatar's) in real time.
+The server runs as a subprocess (bench/common.ServerProcess: `python run.py --port P ...`, log
+in bench/out/server-voice.log), so it shares no GIL with the client. The client is
+bench/common.LightClient (tests/rtc_client.AvatarClient without video decoding), a real aiortc
+peer whose microphone plays espeak-ng speech (a voice unlike the avatar's) in real time. The
+machine may be shared: every trial records the cores that other processes used meanwhile.
 
 1. Voice-to-voice: from the end of the user's speech in the mic audio (played_at + offset of
    the question's last non-silent sample) to the first audible avatar audio frame of the
@@ -29,8 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,9 +42,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import OUT, LightClient, ServerProcess, machine_cpu_seconds, process_cpu_seconds  # noqa: E402
 from tests.rtc_client import AvatarClient, PcmTrack  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
 RATE = 48_000
 MIC_FLOOR = 0.01          # |sample| (full scale 1.0) above which the mic PCM counts as speech
 AUDIBLE_RMS = 200.0       # int16 RMS of one decoded 20 ms frame above which the avatar is heard
@@ -93,50 +93,12 @@ LONG_TEXT = ("The old lighthouse keeper climbed the narrow stairs every evening 
 # ---- the server, as a subprocess ---------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class VoiceServer(ServerProcess):
+    """bench/common.py's run.py subprocess, optionally with another entry point (what-if runs)."""
 
-
-class ServerProcess:
-    """`python run.py --port P ...` on a free port; waits for /healthz; logs to bench/out."""
-
-    def __init__(self, args: list[str], log_name: str = "server-voice.log") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = OUT / log_name
-        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), *args]
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self, timeout_s: float = 600.0) -> dict:
-        """Start and wait until the models are loaded; returns the /healthz body."""
-        import aiohttp
-
-        OUT.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with code {self.proc.returncode}; see {self.log_path}")
-                try:
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return await resp.json()
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        raise TimeoutError(f"the server was not ready after {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+    def __init__(self, args: list[str], script: Path) -> None:
+        super().__init__("voice", args)
+        self.args[1] = str(script)
 
 
 # ---- CPU: who was busy -------------------------------------------------------------------
@@ -152,26 +114,18 @@ class CpuMonitor:
     def __init__(self, pids: dict[str, int], period_s: float = 0.25) -> None:
         self.pids = pids
         self.period_s = period_s
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.samples: list[tuple[float, float, dict[str, float]]] = []  # (t, machine busy s, {name: s})
         self._task: asyncio.Task | None = None
 
-    def _machine_busy(self) -> float:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / self.tick
-
-    def _process(self, pid: int) -> float:
+    @staticmethod
+    def _process(pid: int) -> float:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+            return process_cpu_seconds(pid)
+        except OSError:  # it has ended
             return float("nan")
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime, all threads
 
     def sample(self) -> None:
-        self.samples.append((time.monotonic(), self._machine_busy(),
+        self.samples.append((time.monotonic(), machine_cpu_seconds(),
                              {name: self._process(pid) for name, pid in self.pids.items()}))
 
     async def _run(self) -> None:
@@ -572,10 +526,16 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
 # ---- main --------------------------------------------------------------------------------
 
 
-async def connect(base_url: str) -> AvatarClient:
-    client = AvatarClient(base_url, mic=PcmTrack())
+async def connect(base_url: str, timeout_s: float = 20.0) -> AvatarClient:
+    """A peer like the browser's, except that it does not decode the video (nobody looks at
+    it here, and decoding it would take CPU from the server on this small machine)."""
+    client = LightClient(base_url)
     await client.connect()
-    await client.wait_media()
+    deadline = time.monotonic() + timeout_s
+    while len(client.complete_video) < 5 or len(client.received.audio_times) < 10:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"media did not arrive from {base_url} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
     await client.wait_event(lambda e: e.get("type") == "state")
     return client
 
@@ -585,14 +545,15 @@ async def run(args: argparse.Namespace) -> dict:
     n_cuts = 3 if args.quick and args.barge_ins is None else (args.barge_ins or 6)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n_questions)]
     server_args = ["--llm", args.llm, "--end-silence-ms", str(args.end_silence_ms), *args.server_arg]
-    server = ServerProcess(server_args)
+    server = VoiceServer(server_args, args.server_script)
     print(f"starting: {' '.join(server.args[1:])}")
     lines = {text: spoken_line(text) for text in [WARMUP_QUESTION, *questions]}
     cut_lines = [spoken_line(INTERJECTIONS[i % len(INTERJECTIONS)], lead_s=0.0) for i in range(n_cuts)]
     started = time.monotonic()
-    health = await server.start()
+    await server.start()
+    health = await server.health()
     print(f"server ready in {time.monotonic() - started:.0f} s: load {health.get('load_seconds')}")
-    cpu = CpuMonitor({"server": server.proc.pid, "client": os.getpid()})
+    cpu = CpuMonitor({"server": server.pid, "client": os.getpid()})
     cpu.start()
     client = await connect(server.url)
     waited = 0.0
@@ -667,6 +628,8 @@ def main() -> None:
     parser.add_argument("--turns-per-session", type=int, default=0, metavar="N",
                         help="open a new session every N questions (default: one conversation for all; "
                              "its history grows to --history-turns and is then trimmed)")
+    parser.add_argument("--server-script", type=Path, default=ROOT / "run.py",
+                        help="the server's entry point (a what-if variant of run.py, for experiments)")
     parser.add_argument("--out", type=Path, default=OUT / "voice_latency.json")
     args = parser.parse_args()
     result = asyncio.run(run(args))
