@@ -56,8 +56,10 @@ async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
     r = client.received
     pts = np.array(r.video_pts[-60:])
     assert np.median(np.diff(pts)) == 90_000 // FPS, "one frame per 1/25 s of media time"
+    assert np.all(np.diff(pts) % (90_000 // FPS) == 0), "pts must stay on the 25 fps grid"
+    # An overloaded machine may drop a frame rather than delay one; most must arrive.
     media_fps = (len(pts) - 1) / ((pts[-1] - pts[0]) / 90_000)
-    assert media_fps > 24.0, f"frames missing from the timeline: {media_fps:.1f} fps"
+    assert media_fps > 22.0, f"frames missing from the timeline: {media_fps:.1f} fps"
     t = np.array(r.video_times[-60:])
     wall_fps = (len(t) - 1) / (t[-1] - t[0])
     assert 20 < wall_fps < 30, f"video arrives at {wall_fps:.1f} fps"  # loose: a busy machine jitters
