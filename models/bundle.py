@@ -88,7 +88,13 @@ def load_models(config, progress: Progress = log.info) -> ModelBundle:
 
 def build_renderer(config, device: str) -> LipSyncRenderer:
     from models.avatar.photo import load_avatar
+    from models.avatar.store import AvatarStore
 
+    store = AvatarStore(config.avatar_dir)
+    if config.renderer != "wav2lip" and store.exists(config.avatar) and store.info(config.avatar).kind == "video":
+        from models.lipsync.video_warp import VideoWarpRenderer
+
+        return VideoWarpRenderer(store.load(config.avatar), fps=config.fps, device=device)
     avatar = load_avatar(config.avatar, config.avatar_dir, config.cache_dir)
     if config.renderer == "wav2lip":
         from models.lipsync.wav2lip_renderer import Wav2LipRenderer

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from models.lipsync.yuv import CropBox, paste_planes, rgb_to_yuv_planes, yuv420_planes
 from models.speech import PhonemeTiming
 
-# Pose vector layout (pixels; the roll is the shift it gives at the eyes).
+# Pose vector layout, pixels: the shoulders' shift (below the head), the head's shift, and the
+# head's roll about the base of the neck (as the shift it gives at the eyes).
 BODY_X, BODY_Y, HEAD_X, HEAD_Y, HEAD_ROLL = range(5)
 N_POSE = 5
 _MASK64 = (1 << 64) - 1
@@ -124,45 +125,58 @@ class BlinkSchedule:
 
 
 class HeadMotion:
-    """The idle pose at any tick: a slow, small sway of body and head (sums of sines, seeded)."""
+    """The idle pose at any tick: a slow, small sway of body and head (sums of sines, seeded).
 
-    # (pose index, share of the amplitude, period in seconds) before the seeded +-15% spread.
+    The head rides on the body: the body's terms move the head too. The head's three numbers
+    are sampled on their own phases of a 3-tick cycle (a lag of at most 80 ms on a motion of
+    several seconds), so after rounding to steps at most one of them changes per tick: the
+    face moves by one step at a time. That holds while no number can move a whole step in
+    one cycle; a faster (larger-scale) motion is sampled on every tick instead.
+    """
+
+    STAGGER = 3
+    _HEAD_LANES = (HEAD_X, HEAD_Y, HEAD_ROLL)
+    # (pose indices moved, share of the amplitude, period in seconds) before the seeded +-15% spread.
     _TERMS = (
-        (BODY_X, 1.0, 9.1),
-        (BODY_Y, 1.0, 4.3),     # breathing
-        (HEAD_X, 0.65, 7.3),
-        (HEAD_X, 0.35, 12.9),
-        (HEAD_Y, 0.6, 5.7),
-        (HEAD_Y, 0.4, 10.3),
-        (HEAD_ROLL, 0.7, 8.7),
-        (HEAD_ROLL, 0.3, 17.3),
+        ((BODY_X, HEAD_X), 1.0, 9.1),
+        ((BODY_Y, HEAD_Y), 1.0, 4.3),     # breathing
+        ((HEAD_X,), 0.65, 7.3),
+        ((HEAD_X,), 0.35, 12.9),
+        ((HEAD_Y,), 0.6, 5.7),
+        ((HEAD_Y,), 0.4, 10.3),
+        ((HEAD_ROLL,), 0.7, 8.7),
+        ((HEAD_ROLL,), 0.3, 17.3),
     )
 
     def __init__(self, fps: int, settings: LifeSettings, scale: float, roll_radius: float) -> None:
         self.fps = int(fps)
-        peak = np.zeros(N_POSE)
-        peak[BODY_X], peak[BODY_Y] = settings.sway * scale, settings.breath * scale
-        peak[HEAD_X], peak[HEAD_Y] = settings.head_shift * scale, 0.6 * settings.head_shift * scale
-        peak[HEAD_ROLL] = math.radians(settings.head_tilt) * roll_radius
-        index, amp, omega, phase = [], [], [], []
-        for n, (k, share, period) in enumerate(self._TERMS):
-            index.append(k)
-            amp.append(share * peak[k])
+        own = np.zeros(N_POSE)
+        own[BODY_X], own[BODY_Y] = settings.sway * scale, settings.breath * scale
+        own[HEAD_X], own[HEAD_Y] = settings.head_shift * scale, 0.6 * settings.head_shift * scale
+        own[HEAD_ROLL] = math.radians(settings.head_tilt) * roll_radius
+        self._terms = []  # (moved indices, amplitude, angular frequency, phase)
+        self.peak = np.zeros(N_POSE)  # the largest value each pose number reaches
+        for n, (moved, share, period) in enumerate(self._TERMS):
+            amp = share * own[moved[0]]
             spread = 0.85 + 0.3 * _unit(settings.seed, 1000 + n)
-            omega.append(2.0 * math.pi / (period * spread))
-            phase.append(2.0 * math.pi * _unit(settings.seed, 2000 + n))
-        self._index = np.array(index)
-        self._amp, self._omega, self._phase = np.array(amp), np.array(omega), np.array(phase)
-        # The largest value each pose number reaches.
-        self.peak = np.bincount(self._index, weights=np.abs(self._amp), minlength=N_POSE)
+            omega = 2.0 * math.pi / (period * spread)
+            self._terms.append((list(moved), amp, omega, 2.0 * math.pi * _unit(settings.seed, 2000 + n)))
+            self.peak[list(moved)] += amp
+        speed = np.zeros(N_POSE)  # px per tick, at most
+        for moved, amp, omega, _ in self._terms:
+            speed[moved] += amp * omega / self.fps
+        cycle = self.STAGGER if speed[list(self._HEAD_LANES)].max() * self.STAGGER < settings.step else 1
+        self._lanes = np.zeros(N_POSE, dtype=np.int64)  # phase of each number in the cycle
+        self._lanes[list(self._HEAD_LANES)] = np.arange(len(self._HEAD_LANES))
+        self._cycle = cycle
 
     def pose(self, ticks: np.ndarray | Sequence[int]) -> np.ndarray:
         """(len(ticks), N_POSE) pose in pixels."""
-        t = np.asarray(ticks, dtype=np.float64).reshape(-1, 1) / self.fps
-        terms = self._amp * np.sin(self._omega * t + self._phase)
-        out = np.zeros((t.shape[0], N_POSE))
-        for j, k in enumerate(self._index):
-            out[:, k] += terms[:, j]
+        t = np.asarray(ticks, dtype=np.int64).reshape(-1, 1)
+        t = (t - (t - self._lanes) % self._cycle) / self.fps
+        out = np.zeros(t.shape)
+        for moved, amp, omega, phase in self._terms:
+            out[:, moved] += amp * np.sin(omega * t[:, moved] + phase)
         return out
 
 
@@ -191,12 +205,12 @@ def nod_track(
     out = np.zeros(n_frames)
     if not phonemes or n_frames <= 0 or depth <= 0.0:
         return out
-    span = n_frames / fps
-    if span < duration:
-        return out
     times = (np.arange(n_frames) + 0.5) / fps
+    if times[-1] - times[0] < duration:
+        return out
     for k, vowel in enumerate(stressed_vowel_times(phonemes)):
-        start = min(max(vowel + 0.05 - lead - 0.5 * duration, 0.0), span - duration)
+        # Whole dips only: the first and last frames of a chunk are level.
+        start = min(max(vowel + 0.05 - lead - 0.5 * duration, times[0]), times[-1] - duration)
         phase = np.clip((times - start) / duration, 0.0, 1.0)
         dip = depth * (0.75 + 0.25 * _unit(seed, 3000 + k)) * 0.5 * (1.0 - np.cos(2.0 * np.pi * phase))
         np.maximum(out, dip, out=out)
@@ -296,9 +310,10 @@ class BodyFields:
     """Where the head and the body are, and the backward displacement each pose number gives each pixel.
 
     Two feathered masks: the head (an ellipse over face and hair, fading down the neck) and
-    the body (head, neck, shoulders, a soft-edged band down to the bottom of the frame). The
-    body shift moves the body mask; the head shift and roll (about the base of the neck) move
-    the head mask on top of it. Background beyond the feathering never moves.
+    the body (head, neck, shoulders and chest, soft-edged, fading out down the chest). The
+    head shift and roll (about the base of the neck) move the head mask; the body shift moves
+    the rest of the body mask, the neck taking a blend of both. Background beyond the
+    feathering never moves.
     """
 
     def __init__(self, landmarks: np.ndarray, width: int, height: int) -> None:
@@ -309,7 +324,8 @@ class BodyFields:
         eyes_y = float(p[36:48, 1].mean())
         self.centre_x = cx = float(0.5 * (p[0, 0] + p[16, 0]))
         top = eyes_y - 0.95 * fw  # the top of the hair, roughly
-        self._head = (cx, 0.5 * (top + chin), 0.78 * fw, 0.5 * (chin - top) + 0.05 * fw)
+        # Full weight from the hair down past the chin; the neck takes the feathering.
+        self._head = (cx, 0.5 * (top + chin) + 0.05 * fw, 0.78 * fw, 0.5 * (chin - top) + 0.12 * fw)
         self._head_feather = 0.5  # of the ellipse radius
         self.pivot = (cx, chin + 0.3 * fw)  # the base of the neck
         # The roll is measured by the shift it gives at the eyes, where it shows most.
@@ -351,8 +367,9 @@ class BodyFields:
         px, py = self.pivot
         out = np.zeros((N_POSE, 2) + x.shape)
         # Backward: a pixel shows what lies against the motion.
-        out[BODY_X, 0] = -body
-        out[BODY_Y, 1] = -body
+        torso = body - head  # the head's own numbers already carry what the body gives it
+        out[BODY_X, 0] = -torso
+        out[BODY_Y, 1] = -torso
         out[HEAD_X, 0] = -head
         out[HEAD_Y, 1] = -head
         out[HEAD_ROLL, 0] = head * (y - py) / self.roll_radius
