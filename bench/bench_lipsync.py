@@ -468,6 +468,8 @@ def main() -> None:
           f"(target >= {CLOSURE_TARGET:.0%}: {'met' if share >= CLOSURE_TARGET else 'NOT met'})")
     print(f"correlation: r = {summary.r:.3f} over {summary.speech_frames} speech frames "
           f"(target >= {R_TARGET}: {'met' if summary.r >= R_TARGET else 'NOT met'})")
+    print("  expected openness: each frame's 40 ms window of phoneme openness (visemes.openness), 1-2-1 smoothed,\n"
+          "  with the frame at each p/b/m expected closed (a bilabial is a closure however short)")
     print(f"  for context, NOT independent: r against the renderer's own `open` parameter = {summary.r_renderer_open:.3f}")
     if summary.missed_detections:
         print(f"  dlib found no face in {summary.missed_detections} frames (counted as open)")

@@ -183,9 +183,15 @@ def openness_segments(phonemes: Sequence[PhonemeTiming]) -> list[tuple[float, fl
 
 
 def expected_openness(
-    phonemes: Sequence[PhonemeTiming], n_frames: int, fps: float, lead: float = RENDER_LEAD, smooth: bool = True
+    phonemes: Sequence[PhonemeTiming], n_frames: int, fps: float, lead: float = RENDER_LEAD, smooth: bool = True,
+    closures: bool = True,
 ) -> np.ndarray:
-    """Per frame, the time-weighted openness of the phonemes in its 1/fps window (shifted `lead` later), smoothed 1-2-1."""
+    """Per frame, the time-weighted openness of the phonemes in its 1/fps window (shifted `lead` later), smoothed 1-2-1.
+
+    With `closures`, a p/b/m is a moment of zero opening however short: the frame whose
+    instant falls in its span (or the one nearest its middle) expects 0, which averaging over
+    a window would otherwise blur into its neighbours' vowels.
+    """
     times = frame_times(n_frames, fps) + lead
     half = 0.5 / fps
     out = np.zeros(n_frames, dtype=np.float64)
@@ -199,6 +205,13 @@ def expected_openness(
     if smooth and n_frames >= 3:
         padded = np.pad(out, 1, mode="edge")
         out = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+    if closures:
+        for p in phonemes:
+            if is_closure_phoneme(p.phoneme):
+                inside = np.flatnonzero((times >= p.start) & (times <= p.end))
+                if not len(inside):
+                    inside = [int(np.argmin(np.abs(times - 0.5 * (p.start + p.end))))]
+                out[inside] = 0.0
     return out
 
 

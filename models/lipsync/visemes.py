@@ -362,9 +362,17 @@ def mouth_track(
     overlap = np.minimum(ends[None, :], hi[:, None]) - np.maximum(starts[None, :], lo[:, None])
     np.clip(overlap, 0.0, None, out=overlap)
     target = (overlap / (2.0 * half)) @ (weights[:, None] * vecs)
+    # Pressing and biting are not blended into neighbouring frames: they happen on the
+    # closure frames only, so the lips open for the next vowel as soon as it sounds.
+    target[:, [PRESS, BITE]] = 0.0
 
     gate = _speech_gate(segs, times, long_pause, relax, pre=half + 1.0 / fps)
-    forced = _closure_frames(raw, n_frames, fps)
+    # Closures are placed on the consonant's own span, not the span widened into a word gap,
+    # so the lips are shut when the p/b/m/f/v is heard rather than a gap earlier.
+    own = [VisemeSegment(PHONEME_VISEMES[p.phoneme][0], p.start - lead, p.end - lead, 1.0)
+           for p in phonemes
+           if p.phoneme in PHONEME_VISEMES and PHONEME_VISEMES[p.phoneme][0] in _CLOSURES]
+    forced = _closure_frames(own, n_frames, fps)
     a_up, a_release = _smoothing_coefficients(fps, attack, release)
     # Lips leave a closure or a bite with a fast burst, not a slow fade.
     a_down = np.full(N_MOUTH_PARAMS, a_release)
@@ -376,6 +384,7 @@ def mouth_track(
         x = target[i]
         state += np.where(x > state, a_up, a_down) * (x - state)
         state *= gate[i]
+        state[[PRESS, BITE]] = 0.0
         kind = forced.get(i)
         if kind == "PP":
             state[OPEN] = 0.0
