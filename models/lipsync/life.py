@@ -154,17 +154,18 @@ class HeadMotion:
         own[BODY_X], own[BODY_Y] = settings.sway * scale, settings.breath * scale
         own[HEAD_X], own[HEAD_Y] = settings.head_shift * scale, 0.6 * settings.head_shift * scale
         own[HEAD_ROLL] = math.radians(settings.head_tilt) * roll_radius
-        self._terms = []  # (moved indices, amplitude, angular frequency, phase)
-        self.peak = np.zeros(N_POSE)  # the largest value each pose number reaches
+        # One row per (term, pose number it moves): which number, amplitude, angular frequency, phase.
+        rows = []
         for n, (moved, share, period) in enumerate(self._TERMS):
             amp = share * own[moved[0]]
-            spread = 0.85 + 0.3 * _unit(settings.seed, 1000 + n)
-            omega = 2.0 * math.pi / (period * spread)
-            self._terms.append((list(moved), amp, omega, 2.0 * math.pi * _unit(settings.seed, 2000 + n)))
-            self.peak[list(moved)] += amp
-        speed = np.zeros(N_POSE)  # px per tick, at most
-        for moved, amp, omega, _ in self._terms:
-            speed[moved] += amp * omega / self.fps
+            omega = 2.0 * math.pi / (period * (0.85 + 0.3 * _unit(settings.seed, 1000 + n)))
+            phase = 2.0 * math.pi * _unit(settings.seed, 2000 + n)
+            rows += [(k, amp, omega, phase) for k in moved]
+        self._number = np.array([r[0] for r in rows])
+        self._amp, self._omega, self._phase = (np.array([r[i] for r in rows]) for i in (1, 2, 3))
+        self._sum = np.eye(N_POSE)[self._number]  # (rows, N_POSE): adds each row into its number
+        self.peak = self._amp @ self._sum  # the largest value each pose number reaches
+        speed = (self._amp * self._omega / self.fps) @ self._sum  # px per tick, at most
         cycle = self.STAGGER if speed[list(self._HEAD_LANES)].max() * self.STAGGER < settings.step else 1
         self._lanes = np.zeros(N_POSE, dtype=np.int64)  # phase of each number in the cycle
         self._lanes[list(self._HEAD_LANES)] = np.arange(len(self._HEAD_LANES))
@@ -173,11 +174,9 @@ class HeadMotion:
     def pose(self, ticks: np.ndarray | Sequence[int]) -> np.ndarray:
         """(len(ticks), N_POSE) pose in pixels."""
         t = np.asarray(ticks, dtype=np.int64).reshape(-1, 1)
-        t = (t - (t - self._lanes) % self._cycle) / self.fps
-        out = np.zeros(t.shape)
-        for moved, amp, omega, phase in self._terms:
-            out[:, moved] += amp * np.sin(omega * t[:, moved] + phase)
-        return out
+        lane = self._lanes[self._number]
+        t = (t - (t - lane) % self._cycle) / self.fps  # (B, rows): each number on its own phase
+        return (self._amp * np.sin(self._omega * t + self._phase)) @ self._sum
 
 
 def stressed_vowel_times(phonemes: Sequence[PhonemeTiming]) -> list[float]:
@@ -520,30 +519,32 @@ class PhotoLife:
 
     def margin(self, box: CropBox) -> int:
         """How far (even, px) a change inside `box` can spread through the warp: the largest displacement
-        near the box, plus room for the bilinear taps."""
+        near the box, plus one pixel for the bilinear taps."""
         near = box.grown(24, self.width, self.height)
         peak = self.motion.peak + 0.5 * self.settings.step  # + rounding to the step
         peak[HEAD_Y] += self.nod_depth
-        reach = np.einsum("k,khw->hw", peak, np.linalg.norm(self.fields.basis(near), axis=1)).max()
-        return 2 * math.ceil((float(reach) + 2.0) / 2.0)
+        extent = np.einsum("k,kchw->chw", peak, np.abs(self.fields.basis(near)))  # per axis, at most
+        reach = float(np.sqrt((extent**2).sum(axis=0)).max())
+        return 2 * math.ceil((reach + 1.0) / 2.0)
 
     def _patch_slots(self, boxes: dict[str, CropBox]) -> list[_Slot]:
         """One slot per patch (output: the patch grown by its margin; source: by twice that), or one
-        slot for all patches when one's source would reach into another."""
+        slot for all patches when one's source would reach into another or their outputs would meet."""
         w, h = self.width, self.height
         names = list(boxes)
-        margins = {n: self.margin(boxes[n]) for n in names}
+        m = {n: self.margin(boxes[n]) for n in names}
         touch = any(
-            boxes[a].grown(2 * margins[a], w, h).overlaps(boxes[b]) for a in names for b in names if a != b
+            boxes[a].grown(2 * m[a], w, h).overlaps(boxes[b])
+            or boxes[a].grown(m[a], w, h).overlaps(boxes[b].grown(m[b], w, h))
+            for a in names for b in names if a != b
         )
         if touch:
             union = boxes[names[0]]
             for n in names[1:]:
                 union = union.union(boxes[n])
-            m = max(margins.values())
-            return [self._slot(tuple(names), union.grown(m, w, h), union.grown(2 * m, w, h))]
-        return [self._slot((n,), boxes[n].grown(margins[n], w, h), boxes[n].grown(2 * margins[n], w, h))
-                for n in names]
+            most = max(m.values())
+            return [self._slot(tuple(names), union.grown(most, w, h), union.grown(2 * most, w, h))]
+        return [self._slot((n,), boxes[n].grown(m[n], w, h), boxes[n].grown(2 * m[n], w, h)) for n in names]
 
     def _eye_yuv(self, closure: float) -> tuple[torch.Tensor, ...]:
         key = int(round(closure * 64))
@@ -603,6 +604,7 @@ class PhotoLife:
             y_src, uv_src = y_src.expand(b, -1, -1, -1), uv_src.expand(b, -1, -1, -1)
         y = F.grid_sample(y_src, grid_y, mode="bilinear", padding_mode="border", align_corners=True)
         uv = F.grid_sample(uv_src, grid_c, mode="bilinear", padding_mode="border", align_corners=True)
-        y = y[:, 0].add_(0.5).clamp_(0, 255).to(torch.uint8)
-        uv = uv.add_(0.5).clamp_(0, 255).to(torch.uint8)
+        # Bilinear samples of 0..255 stay in range: +0.5 and truncation round.
+        y = y[:, 0].add_(0.5).to(torch.uint8)
+        uv = uv.add_(0.5).to(torch.uint8)
         return y, uv[:, 0], uv[:, 1]
