@@ -217,6 +217,28 @@ def test_yuv_round_trip_is_close(avatar):
     assert np.abs(back - avatar.rgb).mean() < 4.0
 
 
+def test_one_yuv_conversion_for_every_renderer():
+    import torch
+
+    from models.lipsync import wav2lip_renderer
+    from models.lipsync.yuv import rgb_to_yuv_planes
+
+    assert wav2lip_renderer.rgb_to_yuv420p_planes is rgb_to_yuv_planes
+    # BT.601 limited range: black and white exactly, any colour within a code of the exact matrix.
+    rgb = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [40, 90, 200]], dtype=torch.uint8)
+    image = rgb.view(5, 3, 1, 1).expand(5, 3, 2, 2).contiguous()
+    y, u, v = (p[:, 0, 0].numpy().astype(float) for p in rgb_to_yuv_planes(image))
+    assert y[:2].tolist() == [16, 235] and u[:2].tolist() == [128, 128] and v[:2].tolist() == [128, 128]
+    matrix = np.array([[0.256788, 0.504129, 0.097906], [-0.148223, -0.290993, 0.439216],
+                       [0.439216, -0.367788, -0.071427]])
+    exact = rgb.numpy().astype(float) @ matrix.T + [16.0, 128.0, 128.0]
+    assert np.abs(np.stack([y, u, v], axis=1) - exact).max() <= 1.0
+    # Float input (a renderer's output) is rounded first: the same bytes as its uint8 rounding.
+    x = torch.rand(2, 3, 8, 6) * 270.0 - 8.0
+    rounded = x.clamp(0, 255).add(0.5).floor().to(torch.uint8)
+    assert all(torch.equal(a, b) for a, b in zip(rgb_to_yuv_planes(x), rgb_to_yuv_planes(rounded)))
+
+
 @pytest.mark.parametrize("image", ["black", "gradient"])
 def test_no_face_is_a_clear_error(detector, image):
     if image == "black":

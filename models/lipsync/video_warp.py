@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.avatar.photo import PhotoAvatar
 from models.avatar.store import PreparedAvatar
 from models.lipsync.mouth import N_MOUTH_PARAMS
 from models.lipsync.photo_warp import MouthRig, MouthWarp, PhotoWarpFrames, mouth_track_for
@@ -92,8 +93,10 @@ class VideoWarpRenderer(LipSyncRenderer):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         marks = avatar.landmarks.astype(np.float64)
         self.reference = ref = reference_frame(marks)
-        self.avatar = avatar.photo(ref)  # the reference frame as a photo, for anything that wants one
-        rig = MouthRig(avatar.frames[ref], marks[ref])
+        # The reference frame as a photo, for anything that wants one (a copy: the footage's RGB
+        # is not kept alive by this renderer).
+        self.avatar = PhotoAvatar(avatar.name, avatar.frames[ref].copy(), avatar.landmarks[ref].copy())
+        rig = MouthRig(self.avatar.rgb, marks[ref])
         self.rig = rig
         self.mouth = MouthWarp(rig, self.device)
 
