@@ -136,16 +136,17 @@ class HeadMotion:
 
     STAGGER = 3
     _HEAD_LANES = (HEAD_X, HEAD_Y, HEAD_ROLL)
-    # (pose indices moved, share of the amplitude, period in seconds) before the seeded +-15% spread.
+    # ((pose number, how much of the term it takes), ...), share of the first number's amplitude,
+    # period in seconds before the seeded +-15% spread.
     _TERMS = (
-        ((BODY_X, HEAD_X), 1.0, 9.1),
-        ((BODY_Y, HEAD_Y), 1.0, 4.3),     # breathing
-        ((HEAD_X,), 0.65, 7.3),
-        ((HEAD_X,), 0.35, 12.9),
-        ((HEAD_Y,), 0.6, 5.7),
-        ((HEAD_Y,), 0.4, 10.3),
-        ((HEAD_ROLL,), 0.7, 8.7),
-        ((HEAD_ROLL,), 0.3, 17.3),
+        (((BODY_X, 1.0), (HEAD_X, 1.0)), 1.0, 9.1),
+        (((BODY_Y, 1.0), (HEAD_Y, 0.5)), 1.0, 4.3),  # breathing lifts the shoulders more than the head
+        (((HEAD_X, 1.0),), 0.65, 7.3),
+        (((HEAD_X, 1.0),), 0.35, 12.9),
+        (((HEAD_Y, 1.0),), 0.6, 5.7),
+        (((HEAD_Y, 1.0),), 0.4, 10.3),
+        (((HEAD_ROLL, 1.0),), 0.7, 8.7),
+        (((HEAD_ROLL, 1.0),), 0.3, 17.3),
     )
 
     def __init__(self, fps: int, settings: LifeSettings, scale: float, roll_radius: float) -> None:
@@ -157,10 +158,10 @@ class HeadMotion:
         # One row per (term, pose number it moves): which number, amplitude, angular frequency, phase.
         rows = []
         for n, (moved, share, period) in enumerate(self._TERMS):
-            amp = share * own[moved[0]]
+            amp = share * own[moved[0][0]]
             omega = 2.0 * math.pi / (period * (0.85 + 0.3 * _unit(settings.seed, 1000 + n)))
             phase = 2.0 * math.pi * _unit(settings.seed, 2000 + n)
-            rows += [(k, amp, omega, phase) for k in moved]
+            rows += [(k, amp * weight, omega, phase) for k, weight in moved]
         self._number = np.array([r[0] for r in rows])
         self._amp, self._omega, self._phase = (np.array([r[i] for r in rows]) for i in (1, 2, 3))
         self._sum = np.eye(N_POSE)[self._number]  # (rows, N_POSE): adds each row into its number
@@ -329,13 +330,15 @@ class BodyFields:
         self.pivot = (cx, chin + 0.3 * fw)  # the base of the neck
         # The roll is measured by the shift it gives at the eyes, where it shows most.
         self.roll_radius = float(self.pivot[1] - eyes_y)
-        self._body_x = (cx, 1.1 * fw, 0.5 * fw)       # centre, half-width at full weight, feather
-        self._body_top = (top, 0.35 * fw)             # full weight below top, fading in above it
+        self._body_x = (cx, 1.1 * fw, 0.5 * fw)        # centre, half-width at full weight, feather
+        self._body_top = (chin + 0.3 * fw, 0.5 * fw)     # the shoulders: full weight below, fading in above
         self._body_bottom = (chin + 1.2 * fw, 1.2 * fw)  # the chest moves less than the shoulders
-        x0 = cx - self._body_x[1] - self._body_x[2]
-        x1 = cx + self._body_x[1] + self._body_x[2]
-        y0 = top - self._body_top[1]
-        y1 = sum(self._body_bottom)
+        head_x = self._head[2] * (1.0 + self._head_feather)
+        head_y = self._head[3] * (1.0 + self._head_feather)
+        x0 = min(cx - self._body_x[1] - self._body_x[2], cx - head_x)
+        x1 = max(cx + self._body_x[1] + self._body_x[2], cx + head_x)
+        y0 = min(self._head[1] - head_y, self._body_top[0] - self._body_top[1])
+        y1 = max(sum(self._body_bottom), self._head[1] + head_y)
         self.region = CropBox.around(x0, y0, x1, y1, width, height)
 
     def head_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -344,6 +347,7 @@ class BodyFields:
         return 1.0 - _smoothstep((rho - 1.0) / self._head_feather)
 
     def body_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Everything that rides on the body: the head, the neck, the shoulders and chest."""
         cx, half, feather = self._body_x
         top, fade = self._body_top
         across = 1.0 - _smoothstep((np.abs(x - cx) - half) / feather)
@@ -351,6 +355,32 @@ class BodyFields:
         chest, fade_out = self._body_bottom
         down = down * (1.0 - _smoothstep((y - chest) / fade_out))
         return np.maximum(across * down, self.head_mask(x, y))
+
+    def bands(self) -> list[tuple[CropBox, tuple[int, ...]]]:
+        """The warped region cut into row bands, each with the pose numbers it depends on: above the
+        shoulders only the head's, below the neck only the body's, between them all five."""
+        r = self.region
+        x, y = np.meshgrid(np.arange(r.x0, r.x1, dtype=np.float64), np.arange(r.y0, r.y1, dtype=np.float64))
+        head = self.head_mask(x, y)
+        torso = self.body_mask(x, y) - head
+        head_rows = np.flatnonzero((head > 0).any(axis=1)) + r.y0
+        torso_rows = np.flatnonzero((torso > 0).any(axis=1)) + r.y0
+        top = int(torso_rows[0]) // 2 * 2 if len(torso_rows) else r.y1
+        bottom = -(-(int(head_rows[-1]) + 1) // 2) * 2 if len(head_rows) else r.y0
+        top, bottom = max(r.y0, min(top, r.y1)), min(r.y1, max(bottom, r.y0))
+        if bottom < top:
+            top = bottom = max(r.y0, min(top, r.y1))
+        head_ids, body_ids = (HEAD_X, HEAD_Y, HEAD_ROLL), (BODY_X, BODY_Y)
+        out = []
+        for y0, y1, ids in ((r.y0, top, head_ids), (top, bottom, head_ids + body_ids), (bottom, r.y1, body_ids)):
+            if y1 <= y0:
+                continue
+            moving = ((head > 0) | (torso > 0))[y0 - r.y0 : y1 - r.y0]
+            cols = np.flatnonzero(moving.any(axis=0))
+            if len(cols):
+                out.append((CropBox.around(cols[0] + r.x0, y0, cols[-1] + 1 + r.x0, y1, self.width, self.height),
+                            tuple(sorted(ids))))
+        return out
 
     def basis(self, box: CropBox, chroma: bool = False) -> np.ndarray:
         """(N_POSE, 2, h, w) float32 backward displacements (x, y) per unit pose over `box`,
@@ -441,12 +471,15 @@ class PhotoLife:
         self._planes = (y.to(device), u.to(device), v.to(device))
         self._y = self._planes[0].float()[None, None]
         self._uv = torch.stack(self._planes[1:]).float()[None]
-        region = self.fields.region
-        self._full = self._slot((), region, CropBox(0, 0, self.width, self.height))
+        whole = CropBox(0, 0, self.width, self.height)
+        self._parts = [(self._slot((), box, whole), ids) for box, ids in self.fields.bands()]
         self._slots = self._patch_slots({"eyes": self.eyes.box, "mouth": mouth_box})
         self._boxes = {"eyes": self.eyes.box, "mouth": mouth_box}
         self._lock = threading.Lock()
         self._warped: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        # Per band, its warped planes by the pose numbers it depends on (a head step re-warps
+        # only the bands above the shoulders).
+        self._band_planes: list[OrderedDict] = [OrderedDict() for _ in self._parts]
         self._eye_planes: dict[int, tuple[torch.Tensor, ...]] = {}
 
     # -- public ---------------------------------------------------------------------------
@@ -498,19 +531,35 @@ class PhotoLife:
             if hit is not None:
                 self._warped.move_to_end(key)
                 return hit
-        if not any(key):
-            frame = self.base
-        else:
+        frame = self.base
+        if any(key):
             frame = self.base.copy()
-            with torch.inference_mode():
-                y, u, v = self._warp(self._full, self._y, self._uv, torch.tensor([key], dtype=torch.float32))
-            paste_planes(frame, self._full.out, y[0].cpu().numpy(), u[0].cpu().numpy(), v[0].cpu().numpy())
+            for (slot, ids), cache in zip(self._parts, self._band_planes):
+                sub = tuple(key[i] for i in ids)
+                if any(sub):
+                    paste_planes(frame, slot.out, *self._band(slot, cache, sub, key))
             frame.setflags(write=False)
         with self._lock:
             self._warped[key] = frame
             while len(self._warped) > self.CACHE:
                 self._warped.popitem(last=False)
         return frame
+
+    def _band(self, slot: _Slot, cache: OrderedDict, sub: tuple[int, ...], key: tuple[int, ...]) -> tuple:
+        """Y, U, V planes of one band warped by the pose `key`, cached by the numbers it depends on."""
+        with self._lock:
+            planes = cache.get(sub)
+            if planes is not None:
+                cache.move_to_end(sub)
+                return planes
+        with torch.inference_mode():
+            y, u, v = self._warp(slot, self._y, self._uv, torch.tensor([key], dtype=torch.float32))
+        planes = (y[0].cpu().numpy(), u[0].cpu().numpy(), v[0].cpu().numpy())
+        with self._lock:
+            cache[sub] = planes
+            while len(cache) > self.CACHE:
+                cache.popitem(last=False)
+        return planes
 
     # -- internals ------------------------------------------------------------------------
 
