@@ -6,17 +6,19 @@ tick give the same picture.
 
 - BlinkSchedule: one blink per 4 s slot at a hashed offset, so the gaps are 2-6 s; each
   blink closes in 80 ms, holds, and opens in 120 ms.
-- HeadMotion: the pose (body shift, head shift, head roll), sums of slow sines with periods
-  of 4-18 s and seeded phases.
+- HeadMotion: the pose (shoulder shift, head shift, head roll), sums of slow sines with
+  periods of 4-18 s and seeded phases; at most one of the head's numbers changes per tick.
 - nod_track: a 1.5 px dip of the head on the vowel after each primary stress mark (ˈ).
 - EyelidRig: closes the eyes of the photo by pulling the upper lid (and a little of the
   lower one) over the eyeball, a vertical warp of a small box around the eyes.
 - BodyFields: backward displacement fields per pose number, feathered masks over the
   head and over head plus shoulders, so moved and unmoved parts meet without a seam.
-- PhotoLife: composes the final yuv420p frames. The pose is quantised (0.25 px), the
-  photo warped by each distinct pose is cached, and only the boxes around the eyes and
-  mouth are composed and warped again per frame (the warp moves nothing by more than a
-  few pixels, so a box grown by that margin is all a changed patch can affect).
+- PhotoLife: composes the final yuv420p frames. The pose is rounded to 0.25 px steps and
+  the photo warped by each distinct pose is cached, band by band (above the shoulders only
+  the head's numbers matter, below the neck only the body's), so an idle tick usually
+  costs a lookup. Only the boxes around the eyes and mouth are composed and warped again
+  per frame (the warp moves nothing by more than a few pixels, so a box grown by that
+  margin is all a changed patch can affect).
 """
 from __future__ import annotations
 
