@@ -53,7 +53,8 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """The real server (`run.py`) in its own process, on a free 127.0.0.1 port."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.env = dict(env or {})  # added to this process's environment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = OUT / f"server-{name}.log"
@@ -73,7 +74,7 @@ class ServerProcess:
         started = time.monotonic()
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+                                         env={**os.environ, **self.env}, preexec_fn=_die_with_parent)
         deadline = started + timeout_s
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
@@ -173,6 +174,24 @@ class CpuWindow:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+async def wait_quiet(server_pid: int | None, max_others_pct: float, timeout_s: float,
+                     sample_s: float = 1.0) -> float:
+    """Wait (bounded) until the rest of the machine uses under `max_others_pct` % of one core.
+
+    Other people's jobs on a shared 2-core box would otherwise decide the figures. Returns
+    the last sample, in percent of one core; the caller reports it either way.
+    """
+    deadline = time.monotonic() + timeout_s
+    calm = 0
+    while True:
+        window = CpuWindow(server_pid)
+        await asyncio.sleep(sample_s)
+        others = window.share().others_pct
+        calm = calm + 1 if others <= max_others_pct else 0
+        if calm >= 2 or time.monotonic() >= deadline:
+            return others
 
 
 # ---- a client that does not decode video -----------------------------------------------------
