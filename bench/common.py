@@ -223,9 +223,17 @@ class LightClient(AvatarClient):
         super().__init__(base_url)
         self.decode_video = decode_video
         self.complete_video: list[float] = []
+        self.wire_bytes = {"audio": 0, "video": 0}  # RTP payload bytes received so far
 
     def _watch_wire(self, receiver, kind: str) -> None:
         super()._watch_wire(receiver, kind)
+        timed = receiver._handle_rtp_packet
+
+        async def counted(packet, arrival_time_ms: int) -> None:
+            self.wire_bytes[kind] += len(packet.payload)
+            await timed(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = counted
         if kind == "video" and not self.decode_video:
             # Swapped before setRemoteDescription starts the receiver's decoder thread, which
             # takes this queue as its input (aiortc 1.x name-mangled attribute).
