@@ -20,7 +20,6 @@ CPU costs are process CPU time (time.process_time), steadier than wall time on a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

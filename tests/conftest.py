@@ -15,6 +15,22 @@ from rtc_server.config import Config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def detector():
+    """dlib's face detector and 68-point predictor, loaded once."""
+    from models.avatar.landmarks import LandmarkDetector
+
+    return LandmarkDetector()
+
+
+@pytest.fixture(scope="session")
+def avatar(detector):
+    """The built-in astronaut photo avatar with its landmarks."""
+    from models.avatar.photo import load_default_avatar
+
+    return load_default_avatar(detector)
+
+
+@pytest.fixture(scope="session")
 def media_config() -> Config:
     """Settings of the say-only server used by the media tests."""
     return Config(port=0, max_sessions=3, listen=False, connect_timeout_s=15.0)

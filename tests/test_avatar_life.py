@@ -16,7 +16,7 @@ from skimage import data
 from skimage.registration import phase_cross_correlation
 
 from models.avatar.landmarks import LandmarkDetector, single_face
-from models.avatar.photo import PhotoAvatar, load_default_avatar
+from models.avatar.photo import PhotoAvatar
 from models.avatar.prepare import prepare_video
 from models.avatar.store import AvatarStore
 from models.lipsync.life import (
@@ -37,16 +37,6 @@ from models.lipsync.yuv import yuv420_planes, yuv420_to_rgb
 from models.speech import PhonemeTiming, SpeechChunk
 
 FPS = 25
-
-
-@pytest.fixture(scope="module")
-def detector() -> LandmarkDetector:
-    return LandmarkDetector()
-
-
-@pytest.fixture(scope="module")
-def avatar(detector) -> PhotoAvatar:
-    return load_default_avatar(detector)
 
 
 @pytest.fixture(scope="module")

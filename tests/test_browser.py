@@ -8,7 +8,6 @@ microphone script needs its own browser launch.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import re
 import shutil

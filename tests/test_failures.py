@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import numpy as np
 import pytest
 
 from tests.conftest import start_server

@@ -17,23 +17,13 @@ from models.avatar.landmarks import (
     NoFaceError,
     single_face,
 )
-from models.avatar.photo import PhotoAvatar, load_default_avatar
+from models.avatar.photo import PhotoAvatar
 from models.lipsync.mouth import BITE, N_MOUTH_PARAMS, OPEN, PRESS
 from models.lipsync.photo_warp import PhotoWarpRenderer
 from models.lipsync.yuv import rgb_to_yuv420, yuv420_to_rgb
 from models.speech import PhonemeTiming, SpeechChunk
 
 FPS = 25
-
-
-@pytest.fixture(scope="module")
-def detector() -> LandmarkDetector:
-    return LandmarkDetector()
-
-
-@pytest.fixture(scope="module")
-def avatar(detector) -> PhotoAvatar:
-    return load_default_avatar(detector)
 
 
 @pytest.fixture(scope="module")

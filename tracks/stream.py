@@ -7,7 +7,6 @@ It never waits for the renderer and never shifts the timeline.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol

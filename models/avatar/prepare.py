@@ -617,6 +617,19 @@ def _check_target(store: AvatarStore, name: str, overwrite: bool) -> None:
             store.writer(name, overwrite)  # raises AvatarExistsError with the store's message
 
 
+# Most specific first: the reason the server maps to an HTTP status.
+_ERROR_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (_MissingFacesError, "missing_faces"),
+    (NoFaceError, "no_face"),
+    (MultipleFacesError, "several_faces"),
+    (FaceTooSmallError, "face_too_small"),
+    (FaceDetectionError, "no_face"),
+    (AvatarNameError, "name"),
+    (AvatarExistsError, "exists"),
+    (AvatarStoreError, "store"),
+)
+
+
 @contextmanager
 def _prepare_errors() -> Iterator[None]:
     """Face and store errors -> PrepareError with a reason the server can map to a status."""
@@ -624,22 +637,9 @@ def _prepare_errors() -> Iterator[None]:
         yield
     except PrepareError:
         raise
-    except _MissingFacesError as err:
-        raise PrepareError(str(err), "missing_faces") from err
-    except NoFaceError as err:
-        raise PrepareError(str(err), "no_face") from err
-    except MultipleFacesError as err:
-        raise PrepareError(str(err), "several_faces") from err
-    except FaceTooSmallError as err:
-        raise PrepareError(str(err), "face_too_small") from err
-    except FaceDetectionError as err:
-        raise PrepareError(str(err), "no_face") from err
-    except AvatarNameError as err:
-        raise PrepareError(str(err), "name") from err
-    except AvatarExistsError as err:
-        raise PrepareError(str(err), "exists") from err
-    except AvatarStoreError as err:
-        raise PrepareError(str(err), "store") from err
+    except tuple(kind for kind, _ in _ERROR_REASONS) as err:
+        reason = next(reason for kind, reason in _ERROR_REASONS if isinstance(err, kind))
+        raise PrepareError(str(err), reason) from err
 
 
 class _Progress:
