@@ -560,14 +560,16 @@ async def run(args: argparse.Namespace) -> dict:
     lines = {text: spoken_line(text) for text in [WARMUP_QUESTION, *questions]}
     cut_lines = [spoken_line(INTERJECTIONS[i % len(INTERJECTIONS)], lead_s=0.0) for i in range(n_cuts)]
     started = time.monotonic()
-    await server.start()
-    health = await server.health()
-    print(f"server ready in {time.monotonic() - started:.0f} s: load {health.get('load_seconds')}")
-    cpu = CpuMonitor({"server": server.pid, "client": os.getpid()})
-    cpu.start()
-    client = await connect(server.url)
+    client: AvatarClient | None = None
+    cpu: CpuMonitor | None = None
     waited = 0.0
     try:
+        await server.start()
+        health = await server.health()
+        print(f"server ready in {time.monotonic() - started:.0f} s: load {health.get('load_seconds')}")
+        cpu = CpuMonitor({"server": server.pid, "client": os.getpid()})
+        cpu.start()
+        client = await connect(server.url)
         await asyncio.sleep(2.0)  # let the peer's bandwidth estimate and clocks settle
         idle = cpu.cores(time.monotonic() - 1.5, time.monotonic())
         print(f"cores busy with one idle session connected: {idle}")
@@ -595,8 +597,10 @@ async def run(args: argparse.Namespace) -> dict:
             print(f"  barge-in [{i + 1}/{n_cuts}] {line.text!r}: "
                   + (cut.error or f"{cut.cut_wire_ms} ms") + f"  cores {cut.cpu_cores}", flush=True)
     finally:
-        await client.close()
-        await cpu.stop()
+        if client is not None:
+            await client.close()
+        if cpu is not None:
+            await cpu.stop()
         server.stop()
     summary = report(turns, cuts, warmup)
     return {
