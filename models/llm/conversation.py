@@ -55,8 +55,10 @@ class ChatHistory:
         self._trim()
 
     def _trim(self) -> None:
-        while len(self._turns) > 2 * self.max_turns:
-            del self._turns[0]
+        # Drop old turns in a block, not one per turn: each drop changes the prompt right after
+        # the system prompt, and llama.cpp then re-reads the whole history (seconds on a CPU).
+        if len(self._turns) > 2 * self.max_turns:
+            del self._turns[: len(self._turns) - self.max_turns]
         # The history must open with a user message, never with a dangling reply.
         while self._turns and self._turns[0]["role"] != "user":
             del self._turns[0]

@@ -85,7 +85,8 @@ class LlamaChatModel(ChatModel):
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_threads=threads,
-                n_threads_batch=threads,
+                # Reading the prompt is batched work that scales; generating tokens is not.
+                n_threads_batch=os.cpu_count() or threads,
                 seed=seed if seed is not None else -1,
                 verbose=False,
             )
