@@ -632,7 +632,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=None, help="spoken questions (default 12; 4 with --quick)")
     parser.add_argument("--barge-ins", type=int, default=None, help="barge-in trials (default 6; 3 with --quick)")
     parser.add_argument("--llm", choices=["local", "echo"], default="local", help="the server's reply model")
-    parser.add_argument("--end-silence-ms", type=int, default=400, help="the server's end-of-turn silence")
+    parser.add_argument("--end-silence-ms", type=int, default=300, help="the server's end-of-turn silence")
     parser.add_argument("--quick", action="store_true", help="fewer questions and trials")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each trial wait up to S s until other processes use < 0.3 cores "
