@@ -4,13 +4,16 @@ Used by bench/bench_server.py; bench/bench_voice_latency.py (or any bench that n
 real server measured on its own) may reuse them:
 
 - `ServerProcess`: `python run.py ... --port P` on 127.0.0.1 in a subprocess (log in
-  bench/out/server-<name>.log), ready when /healthz answers 200; `stop()` always ends it,
-  and the child also gets SIGTERM if the bench dies without running its `finally`.
+  bench/out/server-<name>.log, extra environment with `env=`), ready when /healthz answers
+  200; `stop()` always ends it, and the child also gets SIGTERM if the bench dies without
+  running its `finally`. `wait_sessions(n)` waits until closed peers' sessions are gone.
 - `process_cpu_seconds(pid)` / `CpuWindow`: CPU time of the server, of this process and of
-  the whole machine over a window, in percent of one core (no psutil needed: /proc).
+  the whole machine over a window, in percent of one core (no psutil needed: /proc);
+  `wait_quiet()` waits (bounded) for other jobs on a shared box to calm down.
 - `LightClient`: the tests' `AvatarClient` (a real aiortc peer) whose received video is
   reassembled, timed and counted but not decoded, so many peers fit in one bench process
-  without their VP8 decoding competing with the server for the same two cores.
+  without their VP8 decoding competing with the server for the same two cores;
+  `wire_bytes` counts RTP payload bytes per kind.
 """
 from __future__ import annotations
 
