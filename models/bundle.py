@@ -58,6 +58,12 @@ def load_models(config, progress: Progress = log.info) -> ModelBundle:
     """Load the voice, the avatar renderer and (if listening) VAD, ASR and the LLM."""
     timings: dict[str, float] = {}
     device = resolve_device(config.device)
+    if device == "cpu" and (os.cpu_count() or 1) <= 2:
+        import torch
+
+        # Two intra-op threads on two cores fight the encoder and the event loop: a 0.2 ms idle
+        # frame cost 4.8 ms of CPU and render batches doubled under load (bench/bench_server.py).
+        torch.set_num_threads(1)
 
     def tts():
         from models.tts import PiperTTS

@@ -31,7 +31,8 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # avatar photos and videos
 CONFIG = web.AppKey("config", Config)
 SESSIONS = web.AppKey("sessions", dict)
 MODELS = web.AppKey("models", object)
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)            # rendering
+WORK_EXECUTOR = web.AppKey("work_executor", ThreadPoolExecutor)  # TTS, ASR, decoding, avatar preparation
 LOADER = web.AppKey("loader", object)
 ATTACHERS = web.AppKey("attachers", list)
 METRICS = web.AppKey("metrics", ServerMetrics)
@@ -166,7 +167,8 @@ async def offer(request: web.Request) -> web.Response:
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     if body.voice not in (None, "", "default"):
         raise HttpError(400, f"unknown voice {body.voice!r}; this server has one voice: 'default' (--voice)")
-    session = Session(config, bundle.tts, renderer, app[EXECUTOR], mode=body.mode,
+    session = Session(config, bundle.tts, renderer, app[EXECUTOR], work_executor=app[WORK_EXECUTOR],
+                      mode=body.mode,
                       avatar=body.avatar or bundle.default_avatar,
                       on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
@@ -226,7 +228,7 @@ async def speak_audio(request: web.Request) -> web.Response:
         raise HttpError(413, f"audio too large (limit {MAX_AUDIO_BYTES} bytes)") from None
     loop = asyncio.get_running_loop()
     try:
-        pcm = await loop.run_in_executor(request.app[EXECUTOR], decode_audio, data,
+        pcm = await loop.run_in_executor(request.app[WORK_EXECUTOR], decode_audio, data,
                                          session.config.sample_rate, MAX_AUDIO_SECONDS)
     except AudioFileError as exc:
         raise HttpError(400, str(exc)) from None
@@ -315,8 +317,12 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app[SESSIONS] = {}
     app[ATTACHERS] = []
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
-    app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="media")
-    app[AVATARS] = AvatarLibrary(config, app[EXECUTOR], models=lambda: app.get(MODELS))
+    cores = os.cpu_count() or 2
+    # Separate pools: a whole-sentence Piper call or an ASR pass must not delay a render batch
+    # (the frame queue holds only a few hundred ms). One render thread on a 2-core machine.
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="media")
+    app[WORK_EXECUTOR] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="work")
+    app[AVATARS] = AvatarLibrary(config, app[WORK_EXECUTOR], models=lambda: app.get(MODELS))
     if isinstance(models, ModelBundle):
         app[MODELS] = models
 
@@ -333,6 +339,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
 
     async def stop_executor(app: web.Application) -> None:
         app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
+        app[WORK_EXECUTOR].shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(start_loading)
     app.on_shutdown.append(close_sessions)

@@ -63,7 +63,7 @@ class Conversation:
         self.session = session
         self.asr = bundle.asr
         self.llm = bundle.llm
-        self.executor = session.speaker.executor
+        self.executor = session.speaker.tts_executor  # ASR shares the TTS workers, never the renderer's
         self.barge_in = config.barge_in
         self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)

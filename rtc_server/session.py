@@ -55,6 +55,7 @@ class Session:
         renderer: LipSyncRenderer,
         executor: Executor,
         *,
+        work_executor: Executor | None = None,
         mode: str = "normal",
         avatar: str = "",
         on_closed: Callable[["Session"], None] | None = None,
@@ -82,7 +83,7 @@ class Session:
         self.stream.attach(self.sink)
         self.events = EventChannel()
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
-                               next_tick=lambda: self.stream.tick)
+                               next_tick=lambda: self.stream.tick, tts_executor=work_executor)
         self.state: State = "idle"
         self._tasks: set[asyncio.Task] = set()
         self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order

@@ -52,11 +52,13 @@ class Speaker:
         executor: Executor,
         samples_per_tick: int,
         next_tick: "TickSource",
+        tts_executor: Executor | None = None,
     ) -> None:
         self.voice = voice
         self.renderer = renderer
         self.queue = queue
-        self.executor = executor
+        self.executor = executor  # rendering only: a long TTS call must never hold up a render batch
+        self.tts_executor = tts_executor or executor
         self.samples_per_tick = samples_per_tick
         self.next_tick = next_tick
         self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
@@ -140,7 +142,7 @@ class Speaker:
         try:
             async for text in texts:
                 chunks = self.voice.synthesize(text)
-                while (chunk := await loop.run_in_executor(self.executor, next, chunks, None)) is not None:
+                while (chunk := await loop.run_in_executor(self.tts_executor, next, chunks, None)) is not None:
                     await out.put(chunk)
         except asyncio.CancelledError:
             raise

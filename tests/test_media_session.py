@@ -215,7 +215,7 @@ async def test_closed_peer_leaves_no_session_task_or_thread(media_server):
     await asyncio.sleep(0.5)
     leaked = {t.name for t in threading.enumerate()} - threads_before
     # worker pools are shared and bounded; anything else that appeared per session is a leak
-    assert not {n for n in leaked if not n.startswith(("media", "ThreadPoolExecutor", "asyncio"))}, leaked
+    assert not {n for n in leaked if not n.startswith(("media", "work", "ThreadPoolExecutor", "asyncio"))}, leaked
 
 
 async def test_delete_ends_the_session(media_server):
