@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,10 @@ Progress = Callable[[str], None]
 
 @dataclass
 class ModelBundle:
-    """What sessions share: the voice, the renderers per avatar, and the listening models."""
+    """What sessions share: the voice, the renderers per avatar, and the listening models.
+
+    Avatars beyond the default are added on first use by rtc_server.avatars.AvatarLibrary.
+    """
 
     tts: Any
     renderers: dict[str, LipSyncRenderer]
@@ -27,14 +29,6 @@ class ModelBundle:
     asr: Any = None
     llm: Any = None
     timings: dict[str, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def renderer(self, avatar: str | None) -> LipSyncRenderer:
-        name = avatar or self.default_avatar
-        try:
-            return self.renderers[name]
-        except KeyError:
-            raise KeyError(f"unknown avatar {name!r}; available: {', '.join(sorted(self.renderers))}") from None
 
 
 def _timed(name: str, timings: dict[str, float], progress: Progress, load: Callable[[], Any]) -> Any:

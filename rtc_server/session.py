@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, AsyncIterable, Callable
+from typing import TYPE_CHECKING, AsyncIterable, Awaitable, Callable
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -176,38 +176,31 @@ class Session:
               on_first_audio: Callable[[], None] | None = None) -> str:
         """Speak a stream of texts (e.g. LLM clauses) as one utterance."""
         uid = utterance_id or self.new_utterance_id()
-        task = self.spawn(self._run_utterance(uid, texts, on_first_audio), f"utterance-{uid}")
-        self._utterances[uid] = task
+        return self._queue_utterance(uid, lambda: self.speaker.speak(uid, texts, on_first_audio))
+
+    def _queue_utterance(self, uid: str, produce: Callable[[], Awaitable[int]]) -> str:
+        """Produce an utterance after those already accepted; every one ends with a speech_end."""
+        self._utterances[uid] = self.spawn(self._run_utterance(uid, produce), f"utterance-{uid}")
         return uid
 
     def speak_audio(self, pcm: np.ndarray) -> str:
         """Play int16 mono audio at the output rate with lip-sync read from the audio itself."""
         uid = self.new_utterance_id()
         chunk = SpeechChunk(text="", audio=pcm, sample_rate=self.config.sample_rate, phonemes=None)
-        task = self.spawn(self._run_chunks(uid, [chunk]), f"utterance-{uid}")
-        self._utterances[uid] = task
-        return uid
-
-    async def _run_chunks(self, uid: str, chunks: list[SpeechChunk]) -> None:
-        async with self._speak_lock:
-            await self._finish_run(uid, self.speaker.speak_chunks(uid, chunks))
+        return self._queue_utterance(uid, lambda: self.speaker.speak_chunks(uid, [chunk]))
 
     def watch_utterance(self, uid: str, on_air: Callable[[], None]) -> None:
         """Call `on_air` when the first frame of `uid` leaves on the clock."""
         self._on_air_callbacks[uid] = on_air
 
-    async def _run_utterance(self, uid: str, texts: AsyncIterable[str],
-                             on_first_audio: Callable[[], None] | None) -> None:
+    async def _run_utterance(self, uid: str, produce: Callable[[], Awaitable[int]]) -> None:
+        """Await an utterance's production in turn; end it here if nothing of it will ever play."""
         async with self._speak_lock:
-            await self._finish_run(uid, self.speaker.speak(uid, texts, on_first_audio))
-
-    async def _finish_run(self, uid: str, production) -> None:
-        """Await an utterance's production; end it here if nothing of it will ever play."""
-        try:
-            queued = await production
-        except SpeechFailed as exc:
-            self.report_error(exc.stage, f"speech {exc.stage} failed: {exc.cause}")
-            queued = 0
+            try:
+                queued = await produce()
+            except SpeechFailed as exc:
+                self.report_error(exc.stage, f"speech {exc.stage} failed: {exc.cause}")
+                queued = 0
         if uid in self._utterances and not self._on_air(uid) and queued == 0:
             self._end_utterance(uid, interrupted=True)
 

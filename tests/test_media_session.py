@@ -43,7 +43,7 @@ def audio_between(client: AvatarClient, start: float, end: float) -> np.ndarray:
 
 def mouth_box(models) -> tuple[slice, slice]:
     """Rows/cols around the avatar's lips and chin, from its landmarks."""
-    marks = models.renderer(None).avatar.landmarks
+    marks = models.renderers[models.default_avatar].avatar.landmarks
     lips = marks[48:68]
     x0, y0 = lips.min(axis=0)
     x1, y1 = lips.max(axis=0)
@@ -65,7 +65,7 @@ async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
     assert 20 < wall_fps < 30, f"video arrives at {wall_fps:.1f} fps"  # loose: a busy machine jitters
     assert r.audio_rate == 48_000
     assert set(r.audio_samples[-50:]) == {960}, "audio frames must be 20 ms"
-    renderer = media_models.renderer(None)
+    renderer = media_models.renderers[media_models.default_avatar]
     assert r.video_size == (renderer.width, renderer.height)
 
 
