@@ -18,6 +18,8 @@ class Config:
     queue_ms: int = 320             # how far the renderer may work ahead of the clock
     max_text_chars: int = 2000
     connect_timeout_s: float = 30.0  # a peer that never connects is dropped
+    video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
+    due_time_reports: bool = True    # RTCP sender reports carry due times, not send times
     # models
     avatar: str = "astronaut"
     avatar_dir: Path | None = None   # where prepared avatars live
@@ -63,6 +65,9 @@ _HELP = {
     "queue_ms": "how far (ms) the renderer may work ahead of the clock",
     "max_text_chars": "longest text accepted by say/chat",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
+    "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
+    "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
+                        "when a track is sent late (false: aiortc's send times)",
     "avatar": "default avatar name (astronaut = the photo shipped in scikit-image)",
     "avatar_dir": "folder of prepared avatars (python -m models.avatar prepare)",
     "renderer": "lip-sync renderer: photo or wav2lip",
@@ -135,6 +140,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit("--renderer wav2lip needs --checkpoint PATH (a Wav2Lip generator .pth)")
     if config.log_format not in ("text", "json"):
         raise SystemExit(f"--log-format must be text or json, got {config.log_format!r}")
+    if config.video_max_kbps < 250:
+        raise SystemExit(f"--video-max-kbps must be at least 250 (aiortc's VP8 floor), got {config.video_max_kbps}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

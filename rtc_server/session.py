@@ -21,6 +21,7 @@ from tracks.avframe import AVFrame
 from tracks.clock import MediaClock
 from tracks.frame_queue import FrameQueue
 from tracks.rtc import RtcSink
+from tracks.sender_reports import report_due_times
 from tracks.stream import AVStream
 from tracks.sync_test import SyncTestPattern
 
@@ -110,8 +111,10 @@ class Session:
         if not {"audio", "video"} <= kinds:
             raise OfferError("the SDP offer must carry one audio and one video transceiver "
                              f"(got {sorted(kinds) or 'none'}); see the client in static/client.html")
-        pc.addTrack(self.sink.audio)
-        pc.addTrack(self.sink.video)
+        for track in (self.sink.audio, self.sink.video):
+            sender = pc.addTrack(track)
+            if self.config.due_time_reports:
+                report_due_times(sender, track)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self.spawn(self.stream.run(), "clock")

@@ -12,6 +12,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtcpSrPacket
 
 
 class PcmTrack(MediaStreamTrack):
@@ -75,6 +76,8 @@ class Received:
     audio_rate: int = 48_000
     # First-packet arrival per RTP timestamp, before any jitter buffer: the wire timeline.
     wire: dict[str, dict[int, float]] = field(default_factory=lambda: {"audio": {}, "video": {}})
+    # RTCP sender reports as (NTP seconds, RTP timestamp): how the sender maps media time to wall time.
+    reports: dict[str, list[tuple[float, int]]] = field(default_factory=lambda: {"audio": [], "video": []})
 
     def wire_time(self, kind: str, pts: int) -> float | None:
         """When the packet of a decoded frame first arrived.
@@ -87,6 +90,16 @@ class Received:
             return None
         origin = next(iter(seen))
         return seen.get((origin + pts) % 2**32)
+
+    def sender_time(self, kind: str, pts: int, rate: int) -> float | None:
+        """The sender's wall time (NTP seconds) for a decoded frame, by its latest RTCP report."""
+        seen, reports = self.wire[kind], self.reports[kind]
+        if not seen or not reports:
+            return None
+        rtp = (next(iter(seen)) + pts) % 2**32
+        ntp, report_rtp = reports[-1]
+        ticks = (rtp - report_rtp + 2**31) % 2**32 - 2**31  # signed distance on the 32-bit clock
+        return ntp + ticks / rate
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.audio_chunks) if self.audio_chunks else np.zeros(0, np.int16)
@@ -138,6 +151,17 @@ class AvatarClient:
             await handle(packet, arrival_time_ms=arrival_time_ms)
 
         receiver._handle_rtp_packet = timed
+
+        handle_rtcp = receiver._handle_rtcp_packet
+        reports = self.received.reports[kind]
+
+        async def reported(packet) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                reports.append((info.ntp_timestamp / 2**32, info.rtp_timestamp))
+            await handle_rtcp(packet)
+
+        receiver._handle_rtcp_packet = reported
 
     def _on_event(self, message: str) -> None:
         event = json.loads(message)

@@ -137,6 +137,34 @@ async def test_audio_and_video_timelines_stay_within_one_frame_over_20_s(client)
     assert drift < 1 / FPS, f"audio and video drifted {drift * 1000:.0f} ms apart over 20 s"
 
 
+def flashes_and_beeps(r) -> tuple[list[int], list[int]]:
+    """pts of the first white frame of each sync-test flash and of the first loud audio frame of each beep."""
+    luma = np.array([y.mean() for y in r.video_luma])
+    white = np.flatnonzero(luma > 128)
+    flashes = [r.video_pts[i] for k, i in enumerate(white) if k == 0 or white[k - 1] != i - 1]
+    gaps = np.diff(white)
+    assert all(gaps[gaps > 1] == 2 * FPS - 2), f"flashes not 2 s apart: {gaps}"
+    loud = [i for i, chunk in enumerate(r.audio_chunks) if rms(chunk) > 3000]
+    beeps = [r.audio_pts[i] for k, i in enumerate(loud) if k == 0 or loud[k - 1] != i - 1]
+    return flashes, beeps
+
+
+def beep_minus_flash(beep_times: list[float], flash_times: list[float]) -> list[float]:
+    return [bt - min(flash_times, key=lambda ft: abs(ft - bt)) for bt in beep_times]
+
+
+def send_late(track, seconds: float) -> None:
+    """Hand each frame to aiortc `seconds` after it is due, as a busy encoder core would."""
+    recv = track.recv
+
+    async def late():
+        frame = await recv()
+        await asyncio.sleep(max(0.0, track.last_due + seconds - time.monotonic()))
+        return frame
+
+    track.recv = late
+
+
 async def test_sync_test_beep_and_flash_leave_on_the_same_tick(media_server):
     base_url, _ = media_server
     c = AvatarClient(base_url, keep_video=True)
@@ -145,23 +173,40 @@ async def test_sync_test_beep_and_flash_leave_on_the_same_tick(media_server):
         await c.wait_media()
         await asyncio.sleep(7.0)
         r = c.received
-        luma = np.array([y.mean() for y in r.video_luma])
-        white = np.flatnonzero(luma > 128)
-        flashes = [r.video_pts[i] for k, i in enumerate(white) if k == 0 or white[k - 1] != i - 1]
+        flashes, beeps = flashes_and_beeps(r)
         assert 3 <= len(flashes) <= 4, f"expected a flash every 2 s, saw {len(flashes)}"
-        assert all(np.diff(np.flatnonzero(luma > 128))[np.diff(np.flatnonzero(luma > 128)) > 1] == 2 * FPS - 2)
-
-        loud = [i for i, chunk in enumerate(r.audio_chunks) if rms(chunk) > 3000]
-        beeps = [r.audio_pts[i] for k, i in enumerate(loud) if k == 0 or loud[k - 1] != i - 1]
         assert len(beeps) >= 3
         flash_times = [t for p in flashes if (t := r.wire_time("video", p)) is not None]
         beep_times = [t for p in beeps if (t := r.wire_time("audio", p)) is not None]
-        offsets = []
-        for bt in beep_times:
-            nearest = min(flash_times, key=lambda ft: abs(ft - bt))
-            offsets.append(bt - nearest)
+        offsets = beep_minus_flash(beep_times, flash_times)
         assert len(offsets) >= 3
         assert max(abs(o) for o in offsets) < 1 / FPS, f"beep vs flash on the wire: {offsets}"
+    finally:
+        await c.close()
+
+
+async def test_sender_reports_put_late_video_back_on_the_audio_timeline(media_server):
+    """Video sent 100 ms late still maps, through RTCP sender reports, onto the audio's timeline.
+
+    Browsers align audio and video by those reports; with send times in them the 100 ms would
+    become 100 ms of lip-sync error.
+    """
+    base_url, app = media_server
+    c = AvatarClient(base_url, keep_video=True)
+    await c.connect(mode="sync-test")
+    try:
+        send_late(app[SESSIONS][c.session_id].sink.video, 0.100)
+        await c.wait_media()
+        await asyncio.sleep(7.0)
+        r = c.received
+        assert len(r.reports["audio"]) >= 2 and len(r.reports["video"]) >= 2, r.reports
+        flashes, beeps = flashes_and_beeps(r)
+        assert len(flashes) >= 3 and len(beeps) >= 3
+        wire = beep_minus_flash([r.wire_time("audio", p) for p in beeps], [r.wire_time("video", p) for p in flashes])
+        assert all(-0.13 < o < -0.07 for o in wire), f"the video was not sent late: {wire}"
+        reported = beep_minus_flash([r.sender_time("audio", p, 48_000) for p in beeps],
+                                    [r.sender_time("video", p, 90_000) for p in flashes])
+        assert max(abs(o) for o in reported) < 0.002, f"beep vs flash by sender reports: {reported}"
     finally:
         await c.close()
 

@@ -9,6 +9,7 @@ from fractions import Fraction
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.codecs import vpx
 from aiortc.mediastreams import MediaStreamError
 
 from tracks.avframe import AVFrame
@@ -36,6 +37,7 @@ class TickTrack(MediaStreamTrack):
         self._receiving = False
         self.dropped = 0
         self.sent = 0
+        self.last_due: float | None = None  # due time of the frame recv() handed out last
 
     def put(self, frame: av.VideoFrame | av.AudioFrame, due: float = 0.0) -> None:
         """Queue `frame` to be sent at monotonic time `due` (or at once if that has passed)."""
@@ -60,6 +62,7 @@ class TickTrack(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         self.sent += 1
+        self.last_due = due
         return frame
 
     def stop(self) -> None:
@@ -103,3 +106,14 @@ class RtcSink:
     def stop(self) -> None:
         self.video.stop()
         self.audio.stop()
+
+
+def cap_video_bitrate(max_kbps: int) -> None:
+    """Bound the VP8 bitrate that REMB feedback can push aiortc's encoder to.
+
+    aiortc reads this ceiling from a module constant for every encoder in the process, so it is
+    a process-wide setting made once at start-up. On loopback REMB climbs to 1.5 Mbit/s even for
+    a still face, and the encode and SRTP cost grow with it.
+    """
+    vpx.MAX_BITRATE = max(vpx.MIN_BITRATE, max_kbps * 1000)
+    vpx.DEFAULT_BITRATE = min(vpx.DEFAULT_BITRATE, vpx.MAX_BITRATE)
