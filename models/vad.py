@@ -48,6 +48,29 @@ class SpeechEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPause:
+    """Speech stopped pause_ms ago: the turn may be over. Sent at most once per silence.
+
+    Either SpeechEnd follows with no speech in between (the turn ended as audio says, so work
+    begun on audio can be kept), or SpeechResume (the user goes on: that work is stale).
+    audio is the utterance so far, as SpeechEnd would carry it with less trailing silence.
+    """
+
+    t: float
+    audio: np.ndarray
+    start: float
+    detected_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResume:
+    """Speech came back after a SpeechPause: the turn goes on."""
+
+    t: float
+    detected_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechDiscarded:
     """Speech that started (a SpeechStart was sent) stopped before min_speech_ms: not a turn."""
 
@@ -56,7 +79,7 @@ class SpeechDiscarded:
     detected_at: float
 
 
-VadEvent = SpeechStart | SpeechEnd | SpeechDiscarded
+VadEvent = SpeechStart | SpeechPause | SpeechResume | SpeechEnd | SpeechDiscarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,9 @@ class VadConfig:
     # Speech shorter than this ends in SpeechDiscarded instead of SpeechEnd.
     min_speech_ms: float = 200.0
     end_silence_ms: float = 400.0
+    # Silence after which SpeechPause is sent (a listener may start recognising before the end
+    # of turn is certain); None or >= end_silence_ms: never. Only for turns past min_speech_ms.
+    pause_ms: float | None = None
     pre_roll_ms: float = 200.0
     # Silence after the last speech frame kept at the end of the utterance audio.
     post_roll_ms: float = 150.0
@@ -142,6 +168,8 @@ class VadStream:
         self._onset_frames = max(1, math.ceil(cfg.onset_ms / 1000 / FRAME_S))
         self._min_speech_frames = max(1, math.ceil(cfg.min_speech_ms / 1000 / FRAME_S))
         self._end_frames = max(1, math.ceil(cfg.end_silence_ms / 1000 / FRAME_S))
+        pause = max(1, math.ceil(cfg.pause_ms / 1000 / FRAME_S)) if cfg.pause_ms is not None else 0
+        self._pause_frames = pause if pause < self._end_frames else 0  # 0: no SpeechPause
         self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / 1000 / FRAME_S)
         self._post_roll_frames = min(self._end_frames, math.ceil(cfg.post_roll_ms / 1000 / FRAME_S))
         self._max_frames = max(1, int(cfg.max_utterance_s / FRAME_S))
@@ -172,6 +200,7 @@ class VadStream:
         self._start_frame = 0  # first speech frame of the current turn
         self._last_speech_frame = 0  # last frame at or above threshold
         self._silent = 0  # silence frames since the last speech frame
+        self._paused = False  # a SpeechPause was sent for the silence going on
 
     def push(self, samples: np.ndarray) -> list[VadEvent]:
         """Feed 16 kHz mono audio (float32 in [-1, 1] or int16) of any length."""
@@ -211,6 +240,9 @@ class VadStream:
         if prob >= cfg.threshold:
             self._last_speech_frame = index
             self._silent = 0
+            if self._paused:
+                self._paused = False
+                events.append(SpeechResume(t=index * FRAME_S, detected_at=self.time))
         elif prob < cfg.silence_threshold or self._silent:
             # Between the thresholds speech goes on, unless a pause has already begun.
             self._silent += 1
@@ -219,6 +251,11 @@ class VadStream:
             self._finish(events, forced=False)
         elif index + 1 - self._start_frame >= self._max_frames:
             self._finish(events, forced=True)
+        elif (self._pause_frames and self._silent == self._pause_frames and not self._paused
+              and self._last_speech_frame + 1 - self._start_frame >= self._min_speech_frames):
+            self._paused = True
+            events.append(SpeechPause(t=(self._last_speech_frame + 1) * FRAME_S, audio=self._utterance_audio(),
+                                      start=self._start_frame * FRAME_S, detected_at=self.time))
 
     def _begin(self, first_frame: int, events: list[VadEvent]) -> None:
         self._speaking = True
@@ -236,16 +273,20 @@ class VadStream:
         end = (self._last_speech_frame + 1) * FRAME_S
         speech_frames = self._last_speech_frame + 1 - self._start_frame
         if forced or speech_frames >= self._min_speech_frames:
-            # Drop the trailing silence beyond post_roll: it only costs ASR time.
-            keep = len(self._utterance) - max(0, self._silent - self._post_roll_frames)
-            audio = np.concatenate(self._utterance[:keep]) if keep > 0 else np.zeros(0, np.float32)
-            events.append(SpeechEnd(t=end, audio=audio, start=start, detected_at=self.time, forced=forced))
+            events.append(SpeechEnd(t=end, audio=self._utterance_audio(), start=start, detected_at=self.time,
+                                    forced=forced))
         else:
             events.append(SpeechDiscarded(t=end, start=start, detected_at=self.time))
         self._speaking = False
         self._utterance = []
         self._silent = 0
         self._run = 0
+        self._paused = False
+
+    def _utterance_audio(self) -> np.ndarray:
+        # Drop the trailing silence beyond post_roll: it only costs ASR time.
+        keep = len(self._utterance) - max(0, self._silent - self._post_roll_frames)
+        return np.concatenate(self._utterance[:keep]) if keep > 0 else np.zeros(0, np.float32)
 
 
 def _as_float32(samples: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import time
 from contextlib import aclosing
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import av
 import numpy as np
@@ -17,10 +17,16 @@ from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
 from rtc_server.session import Session
+from rtc_server.speculation import Speculation
 
 log = logging.getLogger(__name__)
 
 ASR_RATE = 16_000
+# Silence after which recognition (and the reply) of a turn starts in the background, before
+# end_silence_ms confirms the turn is over; kept when it is, dropped if the user goes on.
+# 96 ms (three VAD frames) leaves ASR and the LLM's prompt reading ~200 ms of the default
+# 300 ms wait; shorter gaps between words are common and would only waste the CPU.
+SPECULATE_AFTER_MS = 96.0
 
 
 @dataclass
@@ -31,6 +37,10 @@ class TurnTiming:
     user_text: str = ""
     speech_end: float | None = None  # end of the user's speech (stream time mapped to monotonic)
     end_of_turn: float | None = None  # VAD decided the turn is over
+    # When recognition of the turn began during the end-of-turn silence (None: after it). The
+    # stages still count from end_of_turn: asr and llm are then what was left to wait for.
+    speculated_at: float | None = None
+    speculations_dropped: int = 0  # begun in earlier pauses of the turn, dropped when the user went on
     asr_done: float | None = None
     llm_first_token: float | None = None
     first_clause: float | None = None
@@ -65,11 +75,13 @@ class Conversation:
         self.llm = bundle.llm
         self.executor = session.speaker.tts_executor  # ASR shares the TTS workers, never the renderer's
         self.barge_in = config.barge_in
-        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms)
+        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms, pause_ms=SPECULATE_AFTER_MS)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
         self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
         self.turns: deque[TurnTiming] = deque(maxlen=20)
         self._turn: asyncio.Task | None = None
+        self._speculation: Speculation | None = None  # work on the turn in its end-of-turn pause
+        self._dropped = 0  # speculations dropped since the user's speech began
         self._samples_in = 0          # 16 kHz samples fed to the VAD so far
         self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
         self.user_speaking = False
@@ -108,17 +120,30 @@ class Conversation:
                 log.info("session %s: barge-in", self.session.id)
                 self.session.interrupt()
             self.user_speaking = True
+            self._dropped = 0
             self.session.set_state("listening")
+        elif kind == "SpeechPause":
+            if self.user_speaking:
+                self._speculate(np.asarray(event.audio, dtype=np.float32))
+        elif kind == "SpeechResume":
+            self._drop_speculation()
         elif kind == "SpeechDiscarded":
+            self._drop_speculation()
             if self.user_speaking:
                 self.user_speaking = False
                 self.session.set_state("idle")
         elif kind == "SpeechEnd":
+            # No speech since the pause (else SpeechResume came): the speculation heard it all.
+            speculation, self._speculation = self._speculation, None
             if not self.user_speaking:
+                if speculation is not None:
+                    speculation.cancel()
                 return
             self.user_speaking = False
-            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic())
-            self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing))
+            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
+                                speculated_at=speculation.started if speculation is not None else None,
+                                speculations_dropped=self._dropped)
+            self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
 
     def on_chat(self, text: str) -> dict:
         """A typed user turn: interrupts whatever the avatar is doing and answers it."""
@@ -134,39 +159,77 @@ class Conversation:
         self._turn = self.session.spawn(coro, "turn")
 
     def cancel_turn(self) -> None:
+        """Stop the turn being answered, and any work begun on one not yet over."""
+        self._drop_speculation()
         if self._turn is not None and not self._turn.done():
             self._turn.cancel()
         self._turn = None
 
-    async def _voice_turn(self, audio: np.ndarray, timing: TurnTiming) -> None:
-        session = self.session
-        session.set_state("thinking")
-        loop = asyncio.get_running_loop()
+    # ---- speculation -------------------------------------------------------------------
 
-        def partial(text: str) -> None:
-            session.events.send({"type": "transcript", "text": text, "final": False})
+    def _speculate(self, audio: np.ndarray) -> None:
+        """The user paused: recognise what they said and start the reply, showing nothing yet."""
+        self._drop_speculation()
+        self._speculation = Speculation(
+            audio,
+            recognise=self._transcribe,
+            messages_for=lambda text: self.history.messages(pending_user=text),
+            reply_stream=self.llm.stream,
+            spawn=self.session.spawn,
+        )
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
+            self._dropped += 1
+
+    async def _transcribe(self, audio: np.ndarray, on_partial: Callable[[str], None] | None = None) -> str:
+        """The text of `audio`, recognised in a worker; on_partial gets the growing text."""
+        loop = asyncio.get_running_loop()
 
         def recognise() -> str:
             text = ""
             for text in self.asr.transcribe_iter(audio):
-                loop.call_soon_threadsafe(partial, text)
+                if on_partial is not None:
+                    loop.call_soon_threadsafe(on_partial, text)
             return text
 
-        try:
-            text = (await loop.run_in_executor(self.executor, recognise)).strip()
-        except Exception as exc:
-            session.report_error("asr", f"speech recognition failed: {exc}")
-            session.set_state("idle")
-            return
-        timing.asr_done = time.monotonic()
-        if not text:  # noise, a cough: no words, no turn
-            session.set_state("idle")
-            return
-        session.events.send({"type": "transcript", "text": text, "final": True})
-        timing.user_text = text
-        await self._reply(text, timing)
+        return (await loop.run_in_executor(self.executor, recognise)).strip()
 
-    async def _reply(self, text: str, timing: TurnTiming) -> None:
+    # ---- turns -------------------------------------------------------------------------
+
+    async def _voice_turn(self, audio: np.ndarray, timing: TurnTiming, speculation: Speculation | None) -> None:
+        session = self.session
+        session.set_state("thinking")
+
+        def partial(text: str) -> None:
+            session.events.send({"type": "transcript", "text": text, "final": False})
+
+        try:
+            try:
+                if speculation is not None:
+                    text = await speculation.transcript()
+                else:
+                    text = await self._transcribe(audio, partial)
+            except Exception as exc:
+                session.report_error("asr", f"speech recognition failed: {exc}")
+                session.set_state("idle")
+                return
+            timing.asr_done = time.monotonic()
+            if not text:  # noise, a cough: no words, no turn
+                session.set_state("idle")
+                return
+            session.events.send({"type": "transcript", "text": text, "final": True})
+            timing.user_text = text
+            ahead = speculation.reply(self.history.messages(pending_user=text)) if speculation is not None else None
+            await self._reply(text, timing, ahead)
+        finally:
+            if speculation is not None:
+                speculation.cancel()  # whatever of it was not used
+
+    async def _reply(self, text: str, timing: TurnTiming, deltas: AsyncIterator[str] | None = None) -> None:
+        """Answer `text` out loud; `deltas` is the reply when it is already being written."""
         session = self.session
         session.set_state("thinking")
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
@@ -191,7 +254,9 @@ class Conversation:
                 session.watch_utterance(uid, lambda: self._on_air(timing))
 
         try:
-            async with aclosing(self.llm.stream(self.history.messages(pending_user=text))) as deltas:
+            if deltas is None:
+                deltas = self.llm.stream(self.history.messages(pending_user=text))
+            async with aclosing(deltas):
                 async for delta in deltas:
                     if timing.llm_first_token is None:
                         timing.llm_first_token = time.monotonic()

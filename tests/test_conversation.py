@@ -76,6 +76,38 @@ async def test_spoken_question_is_transcribed_and_echoed(conversation_server):
         await client.close()
 
 
+async def test_a_pause_inside_a_question_leaves_no_trace(conversation_server):
+    """A pause shorter than the end of turn starts recognition early; the user going on discards
+    it: one turn, transcribed and answered whole, and nothing of the first half shows."""
+    base_url, _ = conversation_server
+    client, mic = await connect(base_url)
+    try:
+        from tests.speech_samples import espeak, speech_bounds
+
+        first = espeak("What is the capital")
+        first = first[: int((speech_bounds(first)[1] + 0.02) * 16_000)]  # without espeak's own tail
+        # ~190 ms of silence at the VAD: past SPECULATE_AFTER_MS, short of end_silence_ms (300).
+        gap = np.zeros(int(0.15 * 16_000), np.float32)
+        speech = soxr.resample(np.concatenate([first, gap, espeak("of France?")]), 16_000, 48_000)
+        lead, tail = np.zeros(int(0.3 * 48_000), np.float32), np.zeros(int(0.2 * 48_000), np.float32)
+        mic.play((np.concatenate([lead, speech, tail]) * 32767 * 0.8).astype(np.int16))
+        reply = await client.wait_event(final("reply"), timeout=30)
+        await client.wait_event(lambda e: e.get("type") == "speech_end", timeout=30)
+        assert "france" in reply["text"].lower(), reply
+        transcripts = [e for _, e in client.events if e.get("type") == "transcript"]
+        assert len([e for e in transcripts if e["final"]]) == 1, transcripts
+        assert all("france" in e["text"].lower() for e in transcripts), transcripts
+        replies = [e for _, e in client.events if e.get("type") == "reply" and e["final"]]
+        assert len(replies) == 1, replies
+        status, body = await client.request("GET", f"/sessions/{client.session_id}")
+        turns = body["turns"]
+        assert len(turns) == 1 and "france" in turns[0]["user_text"].lower(), turns
+        assert turns[0]["speculations_dropped"] >= 1, "the pause should have started a speculation"
+        assert turns[0]["speculated_at"] is not None, "the final pause's speculation should be used"
+    finally:
+        await client.close()
+
+
 async def test_talking_over_the_avatar_stops_it(conversation_server):
     base_url, app = conversation_server
     client, mic = await connect(base_url)

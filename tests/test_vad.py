@@ -187,3 +187,36 @@ def test_speech_over_background_noise_is_still_one_turn(detector, sentence):
     events = push_in_chunks(detector.stream(), noisy.astype(np.float32))
     assert kinds(events) == ["SpeechStart", "SpeechEnd"]
     assert abs(events[0].t - (1.0 + speech_bounds(sentence)[0])) < 0.15
+
+
+def test_a_pause_is_announced_before_the_end_of_turn(detector, sentence):
+    """With pause_ms, SpeechPause comes pause_ms into the silence, carrying the turn's audio so far."""
+    audio = concat(silence(0.5), sentence, silence(1.0))
+    stream = detector.stream(end_silence_ms=320, pause_ms=96)
+    events = push_in_chunks(stream, audio)
+    assert kinds(events) == ["SpeechStart", "SpeechPause", "SpeechEnd"]
+    _, pause, end = events
+    assert pause.t == end.t and pause.start == end.start
+    assert pause.detected_at - pause.t == pytest.approx(0.096, abs=2 * FRAME_S)
+    assert end.detected_at - pause.detected_at == pytest.approx(0.224, abs=FRAME_S / 2)
+    # What the pause carries is what the end carries, short of some trailing silence.
+    assert 0 < end.audio.size - pause.audio.size <= 3 * 512
+    assert np.array_equal(end.audio[: pause.audio.size], pause.audio)
+
+
+def test_speech_after_a_pause_resumes_the_turn(detector, sentence):
+    audio = concat(silence(0.5), sentence, silence(0.25), sentence, silence(1.0))
+    events = push_in_chunks(detector.stream(end_silence_ms=600, pause_ms=96), audio)
+    assert kinds(events) == ["SpeechStart", "SpeechPause", "SpeechResume", "SpeechPause", "SpeechEnd"]
+    first_pause, resume, last_pause, end = events[1:]
+    assert first_pause.t < resume.t < last_pause.t == end.t
+    assert last_pause.audio.size > first_pause.audio.size
+
+
+def test_no_pause_for_speech_too_short_to_be_a_turn_or_without_pause_ms(detector, sentence):
+    audio = concat(silence(0.5), sentence, silence(1.0))
+    short = push_in_chunks(detector.stream(min_speech_ms=3000, pause_ms=96), audio)
+    assert kinds(short) == ["SpeechStart", "SpeechDiscarded"]
+    assert kinds(push_in_chunks(detector.stream(), audio)) == ["SpeechStart", "SpeechEnd"]
+    late = push_in_chunks(detector.stream(end_silence_ms=300, pause_ms=300), audio)
+    assert kinds(late) == ["SpeechStart", "SpeechEnd"]
