@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from models.lipsync.renderer import LipSyncRenderer
 from models.speech import SpeechChunk
 from rtc_server.config import Config
+from rtc_server.mic_receiver import shorten_mic_jitter_buffer
 from rtc_server.events import BadMessage, EventChannel, InterruptMessage, SayMessage, State, parse_client_message
 from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
 from tracks.avframe import AVFrame
@@ -131,6 +132,7 @@ class Session:
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":
+            shorten_mic_jitter_buffer(self.pc, track)
             self.spawn(self._consume_mic(track), "mic")
         else:
             self.spawn(self._drain(track), "video-in")
