@@ -17,7 +17,7 @@ from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
 from rtc_server.session import Session
-from rtc_server.speculation import Speculation
+from rtc_server.speculation import Prefetch, Speculation
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class TurnTiming:
     # When recognition of the turn began during the end-of-turn silence (None: after it). The
     # stages still count from end_of_turn: asr and llm are then what was left to wait for.
     speculated_at: float | None = None
+    speculative_asr_done: float | None = None  # when that early recognition finished
+    speculative_first_token: float | None = None  # when its reply's first token came
     speculations_dropped: int = 0  # begun in earlier pauses of the turn, dropped when the user went on
     asr_done: float | None = None
     llm_first_token: float | None = None
@@ -63,6 +65,11 @@ class TurnTiming:
             "first_frame": span(self.tts_first_audio, self.first_frame),
             "server_total": span(self.speech_end if self.source == "voice" else start, self.first_frame),
         }
+        if self.speculated_at is not None:
+            # How early the work began, and how long its recognition took (counted in no stage above).
+            self.stages_ms["speculation_lead"] = span(self.speculated_at, self.end_of_turn)
+            self.stages_ms["speculative_asr"] = span(self.speculated_at, self.speculative_asr_done)
+            self.stages_ms["speculative_first_token"] = span(self.speculated_at, self.speculative_first_token)
 
 
 class Conversation:
@@ -210,6 +217,7 @@ class Conversation:
             try:
                 if speculation is not None:
                     text = await speculation.transcript()
+                    timing.speculative_asr_done = speculation.asr_done
                 else:
                     text = await self._transcribe(audio, partial)
             except Exception as exc:
@@ -260,6 +268,8 @@ class Conversation:
                 async for delta in deltas:
                     if timing.llm_first_token is None:
                         timing.llm_first_token = time.monotonic()
+                        if isinstance(deltas, Prefetch):
+                            timing.speculative_first_token = deltas.first_item_at
                     reply += delta
                     session.events.send({"type": "reply", "text": reply, "final": False})
                     for clause in splitter.feed(delta):

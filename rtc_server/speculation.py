@@ -40,12 +40,15 @@ class Prefetch(Generic[T]):
     def __init__(self, source: AsyncIterator[T], spawn: Spawn, name: str = "prefetch") -> None:
         self._buffer: asyncio.Queue[object] = asyncio.Queue()
         self._finished = False
+        self.first_item_at: float | None = None  # monotonic time the source gave its first item
         self._task = spawn(self._pump(source), name)
 
     async def _pump(self, source: AsyncIterator[T]) -> None:
         try:
             async with aclosing(source):
                 async for item in source:
+                    if self.first_item_at is None:
+                        self.first_item_at = time.monotonic()
                     self._buffer.put_nowait(item)
         except asyncio.CancelledError:
             raise
