@@ -91,6 +91,10 @@ class VadConfig:
     neg_threshold: float | None = None
     # Consecutive speech before SpeechStart: long enough to skip clicks, short for barge-in.
     onset_ms: float = 64.0
+    # The onset while VadStream.quick_onset is on (a listener whose avatar is talking, for a fast
+    # barge-in). One frame: Silero gives lone speech frames to loud hiss (rms >= 0.25), never to
+    # clicks or to the avatar's own voice heard back, which has longer runs at any level anyway.
+    quick_onset_ms: float = 32.0
     # Speech shorter than this ends in SpeechDiscarded instead of SpeechEnd.
     min_speech_ms: float = 200.0
     end_silence_ms: float = 400.0
@@ -166,6 +170,8 @@ class VadStream:
         self.config = config
         cfg = config
         self._onset_frames = max(1, math.ceil(cfg.onset_ms / 1000 / FRAME_S))
+        self._quick_onset_frames = max(1, math.ceil(cfg.quick_onset_ms / 1000 / FRAME_S))
+        self.quick_onset = False  # the listener turns it on while a quick onset matters more
         self._min_speech_frames = max(1, math.ceil(cfg.min_speech_ms / 1000 / FRAME_S))
         self._end_frames = max(1, math.ceil(cfg.end_silence_ms / 1000 / FRAME_S))
         pause = max(1, math.ceil(cfg.pause_ms / 1000 / FRAME_S)) if cfg.pause_ms is not None else 0
@@ -193,7 +199,8 @@ class VadStream:
         self._context = np.zeros(CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
         # Recent frames while idle, for the pre-roll and the onset run.
-        self._recent: deque[np.ndarray] = deque(maxlen=self._pre_roll_frames + self._onset_frames)
+        self._recent: deque[np.ndarray] = deque(
+            maxlen=self._pre_roll_frames + max(self._onset_frames, self._quick_onset_frames))
         self._speaking = False
         self._run = 0  # consecutive speech frames while idle
         self._utterance: list[np.ndarray] = []
@@ -232,7 +239,7 @@ class VadStream:
         if not self._speaking:
             self._recent.append(frame)
             self._run = self._run + 1 if prob >= cfg.threshold else 0
-            if self._run >= self._onset_frames:
+            if self._run >= (self._quick_onset_frames if self.quick_onset else self._onset_frames):
                 self._begin(index - self._run + 1, events)
             return
 

@@ -82,6 +82,7 @@ class Conversation:
         self.llm = bundle.llm
         self.executor = session.speaker.tts_executor  # ASR shares the TTS workers, never the renderer's
         self.barge_in = config.barge_in
+        self.lead_words = config.lead_words
         self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms, pause_ms=SPECULATE_AFTER_MS)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
         self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
@@ -105,6 +106,8 @@ class Conversation:
                 if self._stream_t0 is None:
                     self._stream_t0 = time.monotonic() - len(pcm) / ASR_RATE
                 self._samples_in += len(pcm)
+                # Talking over the avatar should stop it fast: a one-frame onset then.
+                self.vad.quick_onset = self.barge_in and self._avatar_busy()
                 for event in self.vad.push(pcm):
                     self._on_vad(event)
         except Exception as exc:  # garbage audio must not end the session
@@ -242,7 +245,10 @@ class Conversation:
         session.set_state("thinking")
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         # SmolLM-sized models ramble: three spoken sentences are an answer, the rest is cut.
-        splitter = ClauseSplitter(min_first_words=3, max_sentences=3)
+        # The opening phrase of a long first sentence goes to TTS as soon as it is written (the
+        # speaker would synthesize it alone anyway, --lead-words): speech starts before the model
+        # has finished the sentence.
+        splitter = ClauseSplitter(min_first_words=3, max_sentences=3, lead_words=self.lead_words)
         reply = ""
         uid: str | None = None
         self.turns.append(timing)

@@ -384,3 +384,34 @@ async def test_openai_cancel_closes_the_connection():
         await asyncio.wait_for(server.disconnected.wait(), timeout=10)
         await model.aclose()
     assert server.sent < len(words)
+
+
+def test_a_long_first_sentence_gives_its_opening_phrase_early():
+    splitter = ClauseSplitter(min_first_words=3, lead_words=4)
+    out: list[str] = []
+    for word in "I'm a chatbot designed to assist users with many topics. And more. ".split(" "):
+        out += splitter.feed(word + " ")
+        if out:
+            break
+    # Out once the sentence is known to be longer than a lead, cut where the TTS would cut it.
+    assert out == ["I'm a chatbot designed"]
+    assert splitter.feed("") == []
+    rest = splitter.flush()
+    assert rest.startswith("to assist")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Short first sentences and early commas go whole, as without lead_words.
+        ("My name is Elena. I like cats a lot, really.", ["My name is Elena.", "I like cats a lot, really."]),
+        ("Well, I think so too today. Yes.", ["Well, I think so too today.", "Yes."]),
+        # Only the first sentence is cut.
+        ("It is a sunny day in the town today. Then it rains on all the hills of the land.",
+         ["It is a sunny", "day in the town today.", "Then it rains on all the hills of the land."]),
+    ],
+)
+def test_lead_words_streamed_word_by_word(text, expected):
+    deltas = [w + " " for w in text.split(" ")]
+    assert split_all(deltas, min_first_words=3, lead_words=4) == expected
+    assert split_all(char_by_char(text), min_first_words=3, lead_words=4) == expected

@@ -220,3 +220,21 @@ def test_no_pause_for_speech_too_short_to_be_a_turn_or_without_pause_ms(detector
     assert kinds(push_in_chunks(detector.stream(), audio)) == ["SpeechStart", "SpeechEnd"]
     late = push_in_chunks(detector.stream(end_silence_ms=300, pause_ms=300), audio)
     assert kinds(late) == ["SpeechStart", "SpeechEnd"]
+
+
+def test_quick_onset_starts_a_frame_sooner_and_ignores_noise(detector, sentence):
+    """quick_onset (barge-in over the avatar) needs one speech frame instead of two."""
+    audio = concat(silence(0.5), sentence, silence(1.0))
+    normal, quick = detector.stream(), detector.stream()
+    quick.quick_onset = True
+    start = push_in_chunks(normal, audio)[0]
+    fast = push_in_chunks(quick, audio)[0]
+    assert isinstance(start, SpeechStart) and isinstance(fast, SpeechStart)
+    assert fast.detected_at < start.detected_at
+    assert fast.detected_at - fast.t == pytest.approx(FRAME_S)
+    # Clicks and hiss at ordinary levels still start nothing.
+    for noise in (concat(silence(0.5), click(60), silence(0.5), click(150), silence(0.5)),
+                  white_noise(4.0, 0.1, seed=3), white_noise(4.0, 0.2, seed=4)):
+        stream = detector.stream()
+        stream.quick_onset = True
+        assert push_in_chunks(stream, noise) == []

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from models.lead_phrase import split_lead
+
 _SENTENCE_END = ".!?…"
 _CLAUSE_END = ",;:—"
 # Characters that may trail a sentence end and belong to that sentence: "Yes!" he said.
@@ -25,6 +27,7 @@ _EMOJI = re.compile(
     "]+"
 )
 _SPACES = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 
 
@@ -50,14 +53,20 @@ class ClauseSplitter:
     numbers such as 3.5). The first clause of a reply may also end at , ; : or a dash once it
     has min_first_words words, so speech starts sooner. A sentence that grows past
     max_chars without an end is cut at its last comma or space. Returned text is speakable().
+    With lead_words set, a first sentence that runs past lead_words + 1 words without a
+    comma gives its opening phrase (models.lead_phrase.split_lead: where the speech
+    synthesizer would cut it anyway) as soon as it is written, instead of waiting for the
+    sentence to end: text-to-speech starts on it while the model writes the rest.
     With max_sentences set, the splitter is done after that many sentences: later text is
     dropped, and the caller can stop the model (small models ignore "be brief").
     """
 
     def __init__(
-        self, min_first_words: int = 4, max_chars: int = 200, max_sentences: int | None = None
+        self, min_first_words: int = 4, max_chars: int = 200, max_sentences: int | None = None,
+        lead_words: int = 0,
     ) -> None:
         self.min_first_words = min_first_words
+        self.lead_words = lead_words
         self.max_chars = max_chars
         self.max_sentences = max_sentences
         self._buffer = ""
@@ -122,9 +131,24 @@ class ClauseSplitter:
                     break
                 if buf[i + 1].isspace() and len(buf[:i].split()) >= self.min_first_words:
                     return i + 1
+        if self._emitted == 0 and self.lead_words >= 2:
+            lead = self._lead_cut(buf)
+            if lead is not None:
+                return lead
         if len(buf) > self.max_chars:
             return self._forced_cut(buf)
         return None
+
+    def _lead_cut(self, buf: str) -> int | None:
+        """Index just past the opening phrase of a first sentence already longer than a lead."""
+        # Only words followed by a space are known whole; the last may still be growing.
+        words = [m for m in _WORD.finditer(buf) if m.end() < len(buf)]
+        if len(words) < self.lead_words + 2:
+            return None  # the sentence may yet end short: then it goes whole
+        pieces = split_lead(" ".join(m.group() for m in words), self.lead_words)
+        if len(pieces) < 2:
+            return None
+        return words[len(pieces[0].split()) - 1].end()
 
     @staticmethod
     def _period_continues(buf: str, i: int) -> bool:
