@@ -19,7 +19,7 @@ from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
 from rtc_server.session import OfferError, Session, validate_text
-from tracks.rtc import cap_video_bitrate
+from tracks.vp8 import configure_vp8
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     """Build the app around ready models, or a loader run in the background at start-up."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_UPLOAD_BYTES)
     app[CONFIG] = config
-    cap_video_bitrate(config.video_max_kbps)
+    configure_vp8(config.video_max_kbps)
     app[SESSIONS] = {}
     app[ATTACHERS] = []
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())

@@ -9,7 +9,6 @@ from fractions import Fraction
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
-from aiortc.codecs import vpx
 from aiortc.mediastreams import MediaStreamError
 
 from tracks.avframe import AVFrame
@@ -107,13 +106,3 @@ class RtcSink:
         self.video.stop()
         self.audio.stop()
 
-
-def cap_video_bitrate(max_kbps: int) -> None:
-    """Bound the VP8 bitrate that REMB feedback can push aiortc's encoder to.
-
-    aiortc reads this ceiling from a module constant for every encoder in the process, so it is
-    a process-wide setting made once at start-up. On loopback REMB climbs to 1.5 Mbit/s even for
-    a still face, and the encode and SRTP cost grow with it.
-    """
-    vpx.MAX_BITRATE = max(vpx.MIN_BITRATE, max_kbps * 1000)
-    vpx.DEFAULT_BITRATE = min(vpx.DEFAULT_BITRATE, vpx.MAX_BITRATE)
