@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from rtc_server.app import SESSIONS
+from rtc_server.app import CONFIG, SESSIONS
 from tests.rtc_client import AvatarClient
+from tracks.vp8 import RenderedVp8Encoder
 
 FPS = 25
 LONG_TEXT = ("The quick brown fox jumps over the lazy dog. Peter Piper picked a peck of pickled peppers. "
@@ -67,6 +68,26 @@ async def test_video_at_25_fps_and_audio_in_20_ms_frames(client, media_models):
     assert set(r.audio_samples[-50:]) == {960}, "audio frames must be 20 ms"
     renderer = media_models.renderers[media_models.default_avatar]
     assert r.video_size == (renderer.width, renderer.height)
+
+
+async def test_video_is_encoded_without_the_webcam_denoiser_under_the_bitrate_cap(media_server):
+    base_url, app = media_server
+    c = AvatarClient(base_url)
+    await c.connect()
+    try:
+        await c.wait_media()
+        session = app[SESSIONS][c.session_id]
+        (sender,) = [s for s in session.pc.getSenders() if s.track is session.sink.video]
+        encoder = sender._RTCRtpSender__encoder
+        assert isinstance(encoder, RenderedVp8Encoder)
+        encoder.target_bitrate = 5_000_000  # what a generous REMB would ask for
+        assert encoder.target_bitrate == app[CONFIG].video_max_kbps * 1000
+        await asyncio.sleep(0.5)  # frames keep flowing through the reopened encoder
+        frames = len(c.received.video_times)
+        await asyncio.sleep(0.5)
+        assert len(c.received.video_times) > frames + 5
+    finally:
+        await c.close()
 
 
 async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
