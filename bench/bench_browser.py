@@ -18,8 +18,8 @@ and read back from window.avatarClient:
 3. Concurrent speaking sessions: 1, 2, 3 ... pages until one drops below 24 fps or the
    server's renderer falls behind (its clock keeps sending 25 fps, repeating frames, so the
    underrun share is the honest capacity signal).
-4. Voice-to-voice (end of the user's speech -> first avatar audio) on a listening server
-   with the echo LLM, the question played as the fake microphone.
+4. Voice-to-voice (end of the user's speech -> first avatar audio) over 10 questions on a listening
+   server with the embedded LLM (--v2v-llm echo: the echo backend), questions played as the fake mic.
 
 Writes bench/out/browser.json and bench/out/browser.png. The browser and the server share
 this machine's cores, so capacity figures are lower bounds for a dedicated server.
@@ -476,22 +476,24 @@ async def measure_capacity(browser, base_url: str, max_pages: int, window_s: flo
     return rows
 
 
-async def measure_v2v(driver, seconds: float) -> dict:
-    """Page-measured voice-to-voice on a listening server (echo LLM), plus the server's stage spans."""
+async def measure_v2v(driver, questions: int, llm: str) -> dict:
+    """Page-measured voice-to-voice on a listening server, plus the server's stage spans."""
+    from bench.bench_voice_latency import QUESTIONS
     from tests.speech_samples import espeak
 
     import soxr
 
-    questions = ["What is the capital of France?", "How far away is the moon?", "Tell me a short story please.",
-                 "What time does the train leave?"]
-    count = max(2, min(len(questions), int(seconds // 12)))
+    count = max(2, min(len(QUESTIONS), questions))
+    # Room for the whole answer before the next question: echo repeats a few words, the
+    # embedded LLM says up to three sentences.
+    gap_s = 9.0 if llm == "echo" else 14.0
     parts = [np.zeros(int(2.0 * RATE), np.float32)]
-    for q in questions[:count]:
+    for q in QUESTIONS[:count]:
         parts.append(soxr.resample(espeak(q), 16_000, RATE).astype(np.float32))
-        parts.append(np.zeros(int(9.0 * RATE), np.float32))  # room for the whole echoed answer
+        parts.append(np.zeros(int(gap_s * RATE), np.float32))
     audio = (np.concatenate(parts) * 0.8 * 32767).astype(np.int16)
     total_s = len(audio) / RATE
-    server = ServerProcess("v2v", ["--listen", "true", "--llm", "echo", "--max-sessions", "2"])
+    server = ServerProcess("v2v", ["--listen", "true", "--llm", llm, "--max-sessions", "2"])
     await server.start()
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "questions.wav", audio)
@@ -512,8 +514,13 @@ async def measure_v2v(driver, seconds: float) -> dict:
             server.stop()
     latencies = [d["latencyMs"] for d in details]
     stages = [t.get("stages_ms", {}) for t in turns]
-    result = {"questions": count, "page_v2v_ms": spread(latencies), "turns": details, "server_stages_ms": stages,
+    summary = spread(latencies)
+    if latencies:
+        summary["p95"] = round(float(np.percentile(latencies, 95)), 1)
+    result = {"questions": count, "llm": llm, "page_v2v_ms": summary, "turns": details, "server_stages_ms": stages,
               "start_of_measurement": sorted({d["from"] for d in details})}
+    if latencies:
+        print(f"  voice-to-voice p50 {summary['p50']:.0f} ms, p95 {summary['p95']:.0f} ms", flush=True)
     print(f"  voice-to-voice over {len(latencies)} of {count} questions: "
           + (", ".join(f"{x:.0f}" for x in latencies) or "none") + " ms "
           f"(page: end of mic speech -> first avatar audio; from {result['start_of_measurement']})", flush=True)
@@ -534,7 +541,7 @@ def nice_ticks(xmax: float) -> list[float]:
 def plot(results: dict, path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
-    W, H = 1200, 860
+    W, H = 1200, 1260
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=14)
@@ -611,6 +618,36 @@ def plot(results: dict, path: Path) -> None:
             d.text((xa, ymean - 30), f"{r['server_underrun_share']:.0%} und.", fill="black")
             d.text(((xa + xb) / 2 - 4, ybase + 5), str(r["sessions"]), fill="black")
         d.text((690, 832), "bar: mean fps; red: slowest page; 'und.': speech ticks the renderer missed", fill="black")
+
+    # 4. voice-to-voice latency per stage, one bar per question
+    v2v = results.get("v2v") or {}
+    stages = [st for st in v2v.get("server_stages_ms") or [] if st.get("end_of_turn_wait") is not None]
+    if stages:
+        page_ms = [t["latencyMs"] for t in v2v.get("turns", [])]
+        parts = [("end_of_turn_wait", "end-of-turn wait", (158, 202, 225)), ("asr", "ASR", (49, 130, 189)),
+                 ("llm_first_clause", "LLM first clause", (253, 174, 107)),
+                 ("tts_first_audio", "TTS first audio", (116, 196, 118)), ("first_frame", "first frame", (188, 189, 220))]
+        totals = [sum(st.get(k) or 0 for k, _, _ in parts) for st in stages] + page_ms
+        xmax = max(500, math.ceil(max(totals) / 500) * 500)
+        n = len(stages)
+        to = axes((110, 900, W - 40, 1180), (0, xmax), (0, n), "voice-to-voice per question: server stages "
+                  "(bars) and the page's end of speech -> first avatar audio (black tick)",
+                  "ms", "question", [], range(0, xmax + 1, 250 if xmax <= 2500 else 500))
+        row = (1180 - 900) / n
+        for i, st in enumerate(stages):
+            x = 0.0
+            y0, y1 = 900 + i * row + row * 0.15, 900 + (i + 1) * row - row * 0.15
+            for key, _, colour in parts:
+                w = st.get(key) or 0.0
+                d.rectangle((to(x, 0)[0], y0, to(x + w, 0)[0], y1), fill=colour)
+                x += w
+            if i < len(page_ms):
+                px = to(page_ms[i], 0)[0]
+                d.line((px, y0 - 3, px, y1 + 3), fill="black", width=3)
+            d.text((70, (y0 + y1) / 2 - 8), str(i + 1), fill="black")
+        for j, (_, label, colour) in enumerate(parts):
+            d.rectangle((120 + j * 200, 1215, 132 + j * 200, 1227), fill=colour)
+            d.text((138 + j * 200, 1213), label, fill="black")
     img.save(path)
 
 
@@ -693,9 +730,9 @@ async def run(args) -> dict:
 
             results["machine"]["load_after_media"] = round(os.getloadavg()[0], 2)
             if not args.skip_v2v:
-                print("Voice-to-voice (listening server, echo LLM):", flush=True)
+                print(f"Voice-to-voice (listening server, {args.v2v_llm} LLM):", flush=True)
                 try:
-                    results["v2v"] = await measure_v2v(driver, args.seconds)
+                    results["v2v"] = await measure_v2v(driver, args.questions, args.v2v_llm)
                 except Exception as exc:  # the listening models may be missing; the rest still counts
                     print(f"  skipped: {exc}", flush=True)
                     results["v2v"] = {"error": str(exc)}
@@ -707,6 +744,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement window (default 60)")
     parser.add_argument("--max-pages", type=int, default=6, help="most concurrent sessions to try (0 skips)")
     parser.add_argument("--skip-v2v", action="store_true", help="skip the voice-to-voice run (needs ASR/VAD models)")
+    parser.add_argument("--questions", type=int, default=10, help="spoken questions in the voice-to-voice run")
+    parser.add_argument("--v2v-llm", choices=["local", "echo"], default="local",
+                        help="reply model of the voice-to-voice server (default: the embedded one)")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit("needs Debian's Chromium at /usr/bin/chromium: apt-get install -y chromium")
