@@ -9,7 +9,7 @@ from typing import AsyncIterable, Callable, Iterator, Protocol
 
 import numpy as np
 
-from models.lead_phrase import split_lead
+from models.lead_phrase import ends_sentence, split_lead
 from models.lipsync.renderer import LipSyncRenderer
 from models.speech import SpeechChunk, tighten
 from tracks.avframe import AVFrame
@@ -154,19 +154,18 @@ class Speaker:
     async def _synthesize(self, texts: AsyncIterable[str], out: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         first = True
+        after_open_sentence = False  # the text before this one stopped mid-sentence
         try:
             async for text in texts:
                 pieces = split_lead(text, self.lead_words) if first else [text]
                 first = False
-                for k, piece in enumerate(pieces):
+                for piece in pieces:
                     chunks = self.voice.synthesize(piece)
-                    opening = True
                     while (chunk := await loop.run_in_executor(self.tts_executor, next, chunks, None)) is not None:
-                        if len(pieces) > 1 and (k == 0 or opening):
-                            # One sentence in two chunks: no sentence pause where they meet.
-                            chunk = tighten(chunk, head=k == 1, tail=k == 0)
-                        opening = False
-                        await out.put(chunk)
+                        # Where one sentence was said in two texts, no sentence pause between them.
+                        open_sentence = not ends_sentence(chunk.text or piece)
+                        await out.put(tighten(chunk, head=after_open_sentence, tail=open_sentence))
+                        after_open_sentence = open_sentence
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to speak(), which reports it

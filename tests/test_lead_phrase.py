@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.lead_phrase import split_lead
+from models.lead_phrase import GROWTH, ends_sentence, split_lead
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,23 @@ def test_zero_disables_the_split() -> None:
     text = "Please close the door behind you."
     assert split_lead(text, 0) == [text]
     assert " ".join(split_lead(text, 3)) == text
+
+
+def test_a_long_first_sentence_comes_in_growing_pieces_so_the_voice_stays_ahead() -> None:
+    sentence = ("Good afternoon and welcome to the tour of the old harbour district where fishing boats "
+                "have landed their catch for more than three hundred years and the customs house built of "
+                "grey stone after the great fire still keeps time for the whole quarter every evening.")
+    pieces = split_lead(sentence + " Next one.", 3)
+    assert " ".join(pieces) == sentence + " Next one."
+    sizes = [len(p.split()) for p in pieces]
+    assert len(pieces) >= 3
+    assert sizes[0] <= 3
+    for before, after in zip(sizes, sizes[1:-1]):
+        assert after <= before * GROWTH
+    assert pieces[-1].endswith("Next one.")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("Hello there.", True), ("Really?", True), ('He said "no."', True),
+                                                 ("Hello there,", False), ("Your package should arrive", False)])
+def test_ends_sentence(text: str, expected: bool) -> None:
+    assert ends_sentence(text) is expected
