@@ -40,6 +40,10 @@ class Config:
     language: str | None = None
     end_silence_ms: int = 300          # 400 measured 426 ms of wait, 250 measured 274 (bench_voice_latency)
     barge_in: bool = True
+    barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)
+    # 96 ms (three VAD frames) leaves ASR and the LLM prompt ~200 ms of the 300 ms wait; shorter
+    # gaps between words are common and would only waste CPU (bench_voice_latency).
+    speculate_after_ms: float = 96.0
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
     log_level: str = "INFO"
     log_format: str = "text"          # text | json
@@ -88,6 +92,10 @@ _HELP = {
     "language": "speech language code (default: detect)",
     "end_silence_ms": "silence that ends the user's turn",
     "barge_in": "stop talking when the user starts speaking",
+    "barge_in_onset_ms": "user speech (ms) that interrupts the avatar while it talks",
+    "speculate_after_ms": "silence (ms) after which recognition and the reply start in the background, "
+                          "before the end of turn is confirmed (0: wait for the end of turn; with a paid "
+                          "--llm openai endpoint, dropped guesses still cost tokens)",
     "listen": "answer the microphone (VAD, ASR, LLM); off serves say-only sessions",
     "log_level": "DEBUG, INFO, WARNING",
     "log_format": "text, or json for one JSON object per line (with a session field)",

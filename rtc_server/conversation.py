@@ -22,11 +22,6 @@ from rtc_server.speculation import Prefetch, Speculation
 log = logging.getLogger(__name__)
 
 ASR_RATE = 16_000
-# Silence after which recognition (and the reply) of a turn starts in the background, before
-# end_silence_ms confirms the turn is over; kept when it is, dropped if the user goes on.
-# 96 ms (three VAD frames) leaves ASR and the LLM's prompt reading ~200 ms of the default
-# 300 ms wait; shorter gaps between words are common and would only waste the CPU.
-SPECULATE_AFTER_MS = 96.0
 
 
 @dataclass
@@ -83,7 +78,11 @@ class Conversation:
         self.executor = session.speaker.tts_executor  # ASR shares the TTS workers, never the renderer's
         self.barge_in = config.barge_in
         self.lead_words = config.lead_words
-        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms, pause_ms=SPECULATE_AFTER_MS)
+        # Recognition (and the reply) start in the background after this much silence, before
+        # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on.
+        speculate = config.speculate_after_ms if 0 < config.speculate_after_ms < config.end_silence_ms else None
+        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms, pause_ms=speculate,
+                                     quick_onset_ms=config.barge_in_onset_ms)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
         self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
         self.turns: deque[TurnTiming] = deque(maxlen=20)

@@ -86,7 +86,7 @@ async def test_a_pause_inside_a_question_leaves_no_trace(conversation_server):
 
         first = espeak("What is the capital")
         first = first[: int((speech_bounds(first)[1] + 0.02) * 16_000)]  # without espeak's own tail
-        # ~190 ms of silence at the VAD: past SPECULATE_AFTER_MS, short of end_silence_ms (300).
+        # ~190 ms of silence at the VAD: past --speculate-after-ms (96), short of --end-silence-ms (300).
         gap = np.zeros(int(0.15 * 16_000), np.float32)
         speech = soxr.resample(np.concatenate([first, gap, espeak("of France?")]), 16_000, 48_000)
         lead, tail = np.zeros(int(0.3 * 48_000), np.float32), np.zeros(int(0.2 * 48_000), np.float32)
