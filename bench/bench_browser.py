@@ -12,7 +12,8 @@ and read back from window.avatarClient:
      from one clock with the simplest code possible, same beep/flash pattern), so the
      page's own measurement path (WebAudio FIFO, output latency, jitter buffers) is known;
    - the real server (run.py, say-only) with the sync-test session alone;
-   - the same while 2 other sessions on that server speak continuously.
+   - the same while 2 other sessions on that server speak continuously (their viewers are light
+     aiortc peers, as if on other machines; --load-pages opens them in this Chromium instead).
    Only differences between these runs mean anything; absolute values include the path.
 2. Received fps, dropped frames and freezes over a window of continuous speaking.
 3. Concurrent speaking sessions: 1, 2, 3 ... pages until one drops below 24 fps or the
@@ -299,11 +300,19 @@ async def open_page(browser, base_url: str, query: str) -> Page:
 
 
 @dataclass
+class SessionRef:
+    """A session id and token (what Talker needs from a page or a Python viewer)."""
+
+    session_id: str
+    token: str
+
+
+@dataclass
 class Talker:
     """Keeps one session speaking: posts long /say texts so one is always queued."""
 
     base_url: str
-    page: Page
+    page: Page | SessionRef
     posted: int = 0
     task: asyncio.Task | None = None
     stats: dict = field(default_factory=dict)
@@ -657,6 +666,8 @@ def plot(results: dict, path: Path) -> None:
 async def run(args) -> dict:
     from playwright.async_api import async_playwright
 
+    from bench.common import LightClient
+
     OUT.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     results: dict = {"seconds": args.seconds, "machine": {"cpus": os.cpu_count(), "load_before": round(load, 2)},
@@ -691,14 +702,25 @@ async def run(args) -> dict:
                     await stop_baseline()
                 results["sync"]["alone"] = await measure_sync(browser, server.url, args.seconds, "server, session alone")
 
-                others = [await open_page(browser, server.url, "") for _ in range(2)]
-                talkers = [Talker(server.url, p) for p in others]
+                # The other sessions' viewers: by default light aiortc peers (bench/common.LightClient,
+                # no video decoding), since in real use they sit on their own machines and only the
+                # server's load should reach this page; --load-pages opens them in this Chromium too.
+                if args.load_pages:
+                    others = [await open_page(browser, server.url, "") for _ in range(2)]
+                    viewers = others
+                else:
+                    others = [LightClient(server.url) for _ in range(2)]
+                    for c in others:
+                        await c.connect()
+                    viewers = [SessionRef(c.session_id, c.token) for c in others]
+                talkers = [Talker(server.url, v) for v in viewers]
                 for t in talkers:
                     t.start()
                 await asyncio.sleep(3)
                 try:
+                    where = "pages in this browser" if args.load_pages else "light aiortc viewers"
                     results["sync"]["loaded"] = await measure_sync(browser, server.url, args.seconds,
-                                                                   "server, 2 other sessions speaking")
+                                                                   f"server, 2 other sessions speaking ({where})")
                 finally:
                     for t in talkers:
                         await t.stop()
@@ -744,6 +766,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement window (default 60)")
     parser.add_argument("--max-pages", type=int, default=6, help="most concurrent sessions to try (0 skips)")
     parser.add_argument("--skip-v2v", action="store_true", help="skip the voice-to-voice run (needs ASR/VAD models)")
+    parser.add_argument("--load-pages", action="store_true",
+                        help="open the loaded run's 2 speaking sessions as pages in the same Chromium (its decoding then "
+                             "competes with the measured page on this machine) instead of light aiortc viewers")
     parser.add_argument("--questions", type=int, default=10, help="spoken questions in the voice-to-voice run")
     parser.add_argument("--v2v-llm", choices=["local", "echo"], default="local",
                         help="reply model of the voice-to-voice server (default: the embedded one)")
