@@ -311,6 +311,19 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
         raise
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread a higher nice value (Linux: per thread), so bursts of TTS, ASR or
+    LLM work on a full machine wait for the event loop, which must send packets on time."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        import threading
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.warning("could not lower the priority of worker threads: %s", exc)
+
+
 def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
     """Build the app around ready models, or a loader run in the background at start-up."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_UPLOAD_BYTES)
@@ -323,7 +336,8 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     # Separate pools: a whole-sentence Piper call or an ASR pass must not delay a render batch
     # (the frame queue holds only a few hundred ms). One render thread on a 2-core machine.
     app[EXECUTOR] = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="media")
-    app[WORK_EXECUTOR] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="work")
+    app[WORK_EXECUTOR] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="work",
+                                            initializer=lower_thread_priority, initargs=(config.work_nice,))
     app[AVATARS] = AvatarLibrary(config, app[WORK_EXECUTOR], models=lambda: app.get(MODELS))
     if isinstance(models, ModelBundle):
         app[MODELS] = models

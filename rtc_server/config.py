@@ -45,6 +45,7 @@ class Config:
     # gaps between words are common and would only waste CPU (bench_voice_latency).
     speculate_after_ms: float = 96.0
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
+    work_nice: int = 10               # TTS/ASR/LLM threads yield to the media threads on a full machine
     log_level: str = "INFO"
     log_format: str = "text"          # text | json
 
@@ -97,6 +98,8 @@ _HELP = {
                           "before the end of turn is confirmed (0: wait for the end of turn; with a paid "
                           "--llm openai endpoint, dropped guesses still cost tokens)",
     "listen": "answer the microphone (VAD, ASR, LLM); off serves say-only sessions",
+    "work_nice": "nice value (0-19) of the TTS/ASR/LLM worker threads, so the media clock and encoders "
+                 "come first when the CPU is full (0: same as the server)",
     "log_level": "DEBUG, INFO, WARNING",
     "log_format": "text, or json for one JSON object per line (with a session field)",
 }

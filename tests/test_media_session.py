@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from rtc_server.app import CONFIG, SESSIONS
+from rtc_server.app import CONFIG, EXECUTOR, SESSIONS, WORK_EXECUTOR
 from tests.rtc_client import AvatarClient
 from tracks.vp8 import RenderedVp8Encoder
 
@@ -296,3 +297,15 @@ async def test_delete_ends_the_session(media_server):
         assert status == 404 and "unknown session" in body["error"]
     finally:
         await c.close()
+
+
+async def test_tts_and_asr_workers_yield_to_the_media_threads(media_server):
+    _, app = media_server
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop = asyncio.get_running_loop()
+    worker = await loop.run_in_executor(app[WORK_EXECUTOR], nice)
+    renderer = await loop.run_in_executor(app[EXECUTOR], nice)
+    assert worker == min(19, nice() + app[CONFIG].work_nice) > renderer == nice()
