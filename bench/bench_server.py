@@ -2,7 +2,7 @@
 
     python bench/bench_server.py                  # everything (~10-25 min: it waits for a quiet box)
     python bench/bench_server.py --quick          # shorter windows, fewer utterances
-    python bench/bench_server.py --only say       # one of: render, idle, say, breakdown, sessions
+    python bench/bench_server.py --only say       # one of: render, idle, say, breakdown, jitter, sessions
     python bench/bench_server.py --decode         # clients decode video too (costs the box CPU)
     python bench/bench_server.py --only sessions --server-env OMP_NUM_THREADS=1   # one torch thread
 
@@ -15,6 +15,7 @@
 3b. breakdown: the same loop against a server in this process whose voice, renderer and
              clock callback are wrapped with timers: where those milliseconds go.
 4. sessions: how many concurrent sessions hold 25 fps, speaking continuously and idle.
+5. jitter: packet arrival jitter of one idle session, alone and while 2 other sessions speak.
 
 The clients are real aiortc peers (tests/rtc_client.py) in this process. By default their
 video is received, reassembled and timed but not decoded (bench/common.py LightClient), so
@@ -661,6 +662,51 @@ async def bench_sessions(server: ServerProcess, quick: bool, decode: bool, count
     return out
 
 
+def send_jitter_ms(client: LightClient, since: float) -> dict:
+    """Per kind: how much later than its media time each RTP timestamp arrived (relative to the
+    earliest), p50/p99/max in ms, for first packets that arrived after `since`."""
+    out = {}
+    for kind, rate in (("audio", 48_000), ("video", 90_000)):
+        seen = [(ts, t) for ts, t in client.received.wire[kind].items() if t >= since]
+        if len(seen) < 10:
+            continue
+        stamps = np.unwrap(np.array([ts for ts, _ in seen], dtype=np.float64), period=2**32)
+        late = np.array([t for _, t in seen]) - stamps / rate
+        late = list((late - late.min()) * 1000)
+        out[kind] = {"n": len(seen), "p50": round(percentile(late, 50), 1), "p99": round(percentile(late, 99), 1),
+                     "max": round(max(late), 1)}
+    return out
+
+
+async def bench_jitter(server: ServerProcess, quick: bool, decode: bool, gate: QuietGate) -> dict:
+    """Arrival jitter of one idle session's packets, alone and while two other sessions speak."""
+    section("5. packet send jitter of one session (arrival minus media time)")
+    window = 8.0 if quick else 20.0
+    out: dict = {"window_s": window}
+    for talking in (0, 2):
+        await server.wait_sessions(0, 30)
+        others = [await connect(server.url, decode) for _ in range(talking)]
+        started = [asyncio.Event() for _ in others]
+        talkers = [asyncio.create_task(keep_talking(c, e, i)) for i, (c, e) in enumerate(zip(others, started))]
+        watched = await connect(server.url, decode)
+        try:
+            await asyncio.gather(*(e.wait() for e in started))
+            others_pct = await gate(server.pid)
+            since = time.monotonic()
+            await asyncio.sleep(window)
+            result = send_jitter_ms(watched, since)
+        finally:
+            await stop_talking(others, talkers)
+            await close_all(others + [watched])
+        label = f"{talking} others speaking" if talking else "alone"
+        out[label] = result
+        print(f"{label:18s} " + "; ".join(f"{k} p50 {v['p50']:.1f} p99 {v['p99']:.1f} max {v['max']:.1f} ms"
+                                          for k, v in result.items()) + gate.busy(others_pct))
+    print("how: the watched session is idle; each RTP timestamp's first-packet arrival minus its media time "
+          "(timestamp / clock rate), shifted so the earliest is 0: what a browser's jitter buffer must absorb.")
+    return out
+
+
 # ---- main ------------------------------------------------------------------------------------
 
 
@@ -691,6 +737,9 @@ async def run_server_benches(args, results: dict, gate: QuietGate) -> None:
         if "say" in args.only:
             results["say_latency" + suffix] = await bench_say(server, args.quick, args.decode, gate)
             write_results(results)
+        if "jitter" in args.only:
+            results["send_jitter" + suffix] = await bench_jitter(server, args.quick, args.decode, gate)
+            write_results(results)
         if "sessions" in args.only:
             counts = [int(c) for c in args.counts.split(",")]
             results["sessions" + suffix] = await bench_sessions(server, args.quick, args.decode, counts, gate,
@@ -703,7 +752,7 @@ async def run_server_benches(args, results: dict, gate: QuietGate) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter windows and fewer utterances")
-    parser.add_argument("--only", action="append", choices=["render", "idle", "say", "breakdown", "sessions"],
+    parser.add_argument("--only", action="append", choices=["render", "idle", "say", "breakdown", "jitter", "sessions"],
                         help="run only these parts (repeatable); default all")
     parser.add_argument("--decode", action="store_true", help="clients decode the video (default: receive only)")
     parser.add_argument("--quiet-pct", type=float, default=25.0,
@@ -715,7 +764,7 @@ def main() -> None:
     parser.add_argument("--modes", default="speaking,idle", help="session modes to scan: speaking, idle or both")
     parser.add_argument("--counts", default="1,2,3,4,6,8,10,12,14,16", help="session counts to try, in order")
     args = parser.parse_args()
-    args.only = args.only or ["render", "idle", "say", "breakdown", "sessions"]
+    args.only = args.only or ["render", "idle", "say", "breakdown", "jitter", "sessions"]
     gate = QuietGate(args.quiet_pct, args.quiet_budget)
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": load_average(),
@@ -725,7 +774,7 @@ def main() -> None:
     if "render" in args.only:
         results["render"] = bench_render(args.quick, gate)
         write_results(results)
-    if set(args.only) & {"idle", "say", "sessions"}:
+    if set(args.only) & {"idle", "say", "jitter", "sessions"}:
         asyncio.run(run_server_benches(args, results, gate))
     if "breakdown" in args.only:
         results["say_breakdown"] = asyncio.run(bench_breakdown(args.quick, gate))
