@@ -133,7 +133,7 @@ def build_chat_model(config):
     from models.llm import make_chat_model
 
     if config.llm == "local":
-        return make_chat_model("local", model_path=config.llm_model)
+        return make_chat_model("local", model_path=config.llm_model, thread_nice=config.work_nice)
     if config.llm == "openai":
         return make_chat_model("openai", base_url=config.llm_url, model=config.llm_model, api_key=config.llm_key)
     return make_chat_model(config.llm)

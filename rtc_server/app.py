@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
+from models.threads import lower_thread_priority
 from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
@@ -309,19 +310,6 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
     except Exception as exc:
         log.error("model loading failed: %s", exc)
         raise
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Give the calling thread a higher nice value (Linux: per thread), so bursts of TTS, ASR or
-    LLM work on a full machine wait for the event loop, which must send packets on time."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        import threading
-
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as exc:
-        log.warning("could not lower the priority of worker threads: %s", exc)
 
 
 def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:

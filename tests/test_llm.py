@@ -129,6 +129,12 @@ def test_history_is_bounded_and_alternates():
     # Trimming drops a block of old turns at once (so the prompt prefix stays cached between trims).
     assert [m["content"] for m in messages[1:]] == ["question 4", "answer 4"]
 
+    trims = history.trims
+    assert trims >= 1
+    history.add_user("one more")
+    history.add_assistant("sure")
+    assert history.trims == trims  # below the bound again: nothing dropped
+
     history.add_user("are you")
     history.add_user("there?")  # spoken in two pieces before any reply
     assert history.messages()[-1] == {"role": "user", "content": "are you there?"}
@@ -197,6 +203,18 @@ def local_model():
     model = make_chat_model("local", seed=7)
     yield model
     model._executor.shutdown(wait=True)
+
+
+async def test_prefill_puts_the_history_in_llamas_prompt_cache(local_model):
+    history = ChatHistory(system_prompt="You are a helpful guide.")
+    history.add_user("Where is the station?")
+    history.add_assistant("It is two streets to the north, next to the old bakery.")
+    await local_model.prefill(history.messages())
+    # llama.cpp's evaluated tokens: the next turn's prompt starts with them and reads only the rest.
+    cached = list(local_model._llm._input_ids)
+    assert len(cached) > 30
+    text = local_model._llm.detokenize(cached).decode("utf-8", "replace")
+    assert "two streets to the north" in text and "Where is the station?" in text
 
 
 async def test_local_model_answers_a_question(local_model):

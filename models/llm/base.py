@@ -28,6 +28,9 @@ class ChatModel(ABC):
         parts = [delta async for delta in self.stream(messages)]
         return "".join(parts)
 
+    async def prefill(self, messages: list[dict]) -> None:
+        """Read `messages` ahead of the next turn, where the model keeps a prompt cache (local)."""
+
     async def aclose(self) -> None:
         """Release network sessions or threads; the default has nothing to release."""
 

@@ -20,6 +20,7 @@ class ChatHistory:
         self.system_prompt = system_prompt
         self.max_turns = max_turns
         self._turns: list[dict] = []
+        self.trims = 0  # times old turns were dropped (the prompt's start changed)
 
     def add_user(self, text: str) -> None:
         self._add("user", text)
@@ -59,6 +60,7 @@ class ChatHistory:
         # the system prompt, and llama.cpp then re-reads the whole history (seconds on a CPU).
         if len(self._turns) > 2 * self.max_turns:
             del self._turns[: len(self._turns) - self.max_turns]
+            self.trims += 1
         # The history must open with a user message, never with a dangling reply.
         while self._turns and self._turns[0]["role"] != "user":
             del self._turns[0]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from models.threads import lower_thread_priority
 from models.llm.base import ChatModel, LLMError
 from models.packaged import package_folders
 
@@ -68,6 +69,7 @@ class LlamaChatModel(ChatModel):
         top_p: float = 0.9,
         repeat_penalty: float = 1.1,
         seed: int | None = None,
+        thread_nice: int = 0,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -99,7 +101,8 @@ class LlamaChatModel(ChatModel):
         self.repeat_penalty = repeat_penalty
         self.name = f"llama.cpp:{path.name}"
         # One dedicated thread: generations queue up instead of fighting over the context.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama",
+                                            initializer=lower_thread_priority, initargs=(thread_nice,))
         self._busy = threading.Event()
         self.last_token_count = 0
 
@@ -172,6 +175,13 @@ class LlamaChatModel(ChatModel):
         self._executor.submit(
             lambda: self._llm.create_chat_completion(messages=messages, max_tokens=1)
         ).result()
+
+    async def prefill(self, messages: list[dict]) -> None:
+        """Read `messages` into llama.cpp's prompt cache now, so the next turn, which starts with
+        them, only reads its new part (after a history trim the whole prompt changes)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, lambda: self._llm.create_chat_completion(messages=messages, max_tokens=1))
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
