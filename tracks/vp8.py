@@ -1,8 +1,8 @@
 """aiortc's VP8 encoder without the camera denoiser: rendered faces carry no sensor noise.
 
 aiortc opens libvpx with `noise-sensitivity 4`, a temporal denoiser meant for webcams. On a
-rendered avatar it only costs time: a third of each 512x512 frame's encode here (1.75 ->
-1.18 ms on one core, bench/bench_server.py --only idle). Everything else (CBR, realtime
+rendered avatar it only costs time: about a third of each 512x512 idle frame's encode and a
+quarter of a speaking one's (python bench/bench_vp8.py). Everything else (CBR, realtime
 deadline, bitrate feedback, packetization) stays aiortc's.
 """
 from __future__ import annotations
