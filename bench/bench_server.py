@@ -434,8 +434,8 @@ async def bench_say(server: ServerProcess, quick: bool, decode: bool, gate: Quie
     print("how: t0 = time.monotonic() in this process just before POST /say; the first speech frame is the first "
           f"audio packet after t0 with any sample above the idle floor (idle decodes to peak {out['idle_audio_peak_max']}"
           "), timed by its first RTP packet's arrival (received.wire, before the jitter buffer). It includes: the HTTP "
-          "request, Piper synthesizing the whole first sentence, renderer.begin + the first batch of 4 frames "
-          "(executor threads), waiting for the next clock tick (0-40 ms), the tick's yuv->VideoFrame and Opus "
+          "request, Piper synthesizing the opening phrase (--lead-words, 3 words by default), renderer.begin + "
+          "the first frame (executor threads), waiting for the next clock tick (0-40 ms), the tick's yuv->VideoFrame and Opus "
           "encode, SRTP and loopback UDP. 'Audible' adds Piper's soft onset (its leading BOS phoneme lasts ~35-60 ms).")
     return out
 
@@ -540,9 +540,9 @@ async def bench_breakdown(quick: bool, gate: QuietGate) -> dict:
         if client is not None:
             await close_all([client])
         await server.close()
-    stages = [("POST -> TTS starts", None, "tts_start"), ("TTS first sentence", "tts_start", "tts_chunk"),
+    stages = [("POST -> TTS starts", None, "tts_start"), ("TTS first chunk", "tts_start", "tts_chunk"),
               ("hand-off to render", "tts_chunk", "begin_start"), ("renderer.begin", "begin_start", "begin_end"),
-              ("hand-off", "begin_end", "batch_start"), ("first batch (4 frames)", "batch_start", "batch_end"),
+              ("hand-off", "begin_end", "batch_start"), ("first render batch", "batch_start", "batch_end"),
               ("queue -> tick emits", "batch_end", "emit"), ("encode + send + loopback", "emit", "wire")]
     out: dict = {"n": len(rows), "stages_ms": {}}
     for name, a, b in stages:
