@@ -163,16 +163,22 @@ def flashes_and_beeps(r) -> tuple[list[int], list[int]]:
     """pts of the first white frame of each sync-test flash and of the first loud audio frame of each beep."""
     luma = np.array([y.mean() for y in r.video_luma])
     white = np.flatnonzero(luma > 128)
-    flashes = [r.video_pts[i] for k, i in enumerate(white) if k == 0 or white[k - 1] != i - 1]
-    gaps = np.diff(white)
-    assert all(gaps[gaps > 1] == 2 * FPS - 2), f"flashes not 2 s apart: {gaps}"
+    starts = [k for k in range(len(white)) if k == 0 or white[k - 1] != white[k] - 1]
+    runs = [(white[a], (starts + [len(white)])[n + 1] - a) for n, a in enumerate(starts)]
+    # A flash already under way when the first frame arrived is seen in part: skip it.
+    flashes = [r.video_pts[i] for i, length in runs if length == max(n for _, n in runs)]
+    # By media time, not frame count: a frame lost on a busy machine must not look like a shifted flash.
+    gaps = np.diff(flashes)
+    assert all(abs(g - 2 * 90_000) <= 90_000 // FPS for g in gaps), f"flashes not 2 s apart (pts): {gaps}"
     loud = [i for i, chunk in enumerate(r.audio_chunks) if rms(chunk) > 3000]
     beeps = [r.audio_pts[i] for k, i in enumerate(loud) if k == 0 or loud[k - 1] != i - 1]
     return flashes, beeps
 
 
 def beep_minus_flash(beep_times: list[float], flash_times: list[float]) -> list[float]:
-    return [bt - min(flash_times, key=lambda ft: abs(ft - bt)) for bt in beep_times]
+    """Each beep against its nearest flash; a beep whose flash was seen only in part (skipped) has none within 1 s."""
+    pairs = [bt - min(flash_times, key=lambda ft: abs(ft - bt)) for bt in beep_times]
+    return [d for d in pairs if abs(d) < 1.0]
 
 
 def send_late(track, seconds: float) -> None:
@@ -196,12 +202,12 @@ async def test_sync_test_beep_and_flash_leave_on_the_same_tick(media_server):
         await asyncio.sleep(7.0)
         r = c.received
         flashes, beeps = flashes_and_beeps(r)
-        assert 3 <= len(flashes) <= 4, f"expected a flash every 2 s, saw {len(flashes)}"
+        assert 2 <= len(flashes) <= 4, f"expected a flash every 2 s, saw {len(flashes)}"
         assert len(beeps) >= 3
         flash_times = [t for p in flashes if (t := r.wire_time("video", p)) is not None]
         beep_times = [t for p in beeps if (t := r.wire_time("audio", p)) is not None]
         offsets = beep_minus_flash(beep_times, flash_times)
-        assert len(offsets) >= 3
+        assert len(offsets) >= 2
         assert max(abs(o) for o in offsets) < 1 / FPS, f"beep vs flash on the wire: {offsets}"
     finally:
         await c.close()
@@ -223,11 +229,12 @@ async def test_sender_reports_put_late_video_back_on_the_audio_timeline(media_se
         r = c.received
         assert len(r.reports["audio"]) >= 2 and len(r.reports["video"]) >= 2, r.reports
         flashes, beeps = flashes_and_beeps(r)
-        assert len(flashes) >= 3 and len(beeps) >= 3
+        assert len(flashes) >= 2 and len(beeps) >= 3
         wire = beep_minus_flash([r.wire_time("audio", p) for p in beeps], [r.wire_time("video", p) for p in flashes])
         assert all(-0.13 < o < -0.07 for o in wire), f"the video was not sent late: {wire}"
         reported = beep_minus_flash([r.sender_time("audio", p, 48_000) for p in beeps],
                                     [r.sender_time("video", p, 90_000) for p in flashes])
+        assert len(wire) >= 2 and len(reported) >= 2, (wire, reported)
         assert max(abs(o) for o in reported) < 0.002, f"beep vs flash by sender reports: {reported}"
     finally:
         await c.close()
