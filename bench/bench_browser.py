@@ -33,9 +33,7 @@ import json
 import math
 import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "bench" / "out"
+from bench.common import OUT, ServerProcess, free_port  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 CLIENT_HTML = ROOT / "static" / "client.html"
 FPS = 25
@@ -66,12 +65,6 @@ CHROMIUM_FLAGS = [
 
 
 # ---- small utilities ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_wav(path: Path, pcm: np.ndarray) -> Path:
@@ -98,47 +91,6 @@ def show(label: str, s: dict, unit: str = "ms") -> str:
         return f"{label}: no data"
     return (f"{label}: p50 {s['p50']:+.1f} {unit}, p10-p90 {s['p10']:+.1f} .. {s['p90']:+.1f} {unit} "
             f"(spread {s['p90'] - s['p10']:.1f}), n={s['n']}")
-
-
-# ---- the real server, as a subprocess ----------------------------------------------------
-
-
-class ServerProcess:
-    """`python run.py ...` on a free port; waits for /healthz; its log goes to bench/out."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = OUT / f"server-{name}.log"
-        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), *args]
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self, timeout_s: float = 600) -> None:
-        import aiohttp
-
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 # ---- the baseline: the simplest aligned sender ---------------------------------------------

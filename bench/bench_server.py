@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import OUT, CpuWindow, LightClient, ServerProcess, load_average, wait_quiet  # noqa: E402
+from bench.common import OUT, CpuShare, CpuWindow, LightClient, ServerProcess, load_average, wait_quiet  # noqa: E402
 
 FPS = 25
 SAMPLES_PER_TICK = 48_000 // FPS
@@ -266,6 +266,19 @@ def delta(after: dict, before: dict) -> dict:
 # ---- 2. CPU of one session --------------------------------------------------------------------
 
 
+async def cpu_window(server: ServerProcess, client: LightClient, window: float,
+                     gate: QuietGate) -> tuple[CpuShare, dict, float]:
+    """Once the box is quiet: the server's CPU share over `window` s, the session's stats
+    deltas and the video kbit/s the client received meanwhile."""
+    await gate(server.pid)
+    s0, b0 = await stats(client), client.wire_bytes["video"]
+    w = CpuWindow(server.pid)
+    await asyncio.sleep(window)
+    share = w.share()
+    d = delta(await stats(client), s0)
+    return share, d, (client.wire_bytes["video"] - b0) * 8 / 1000 / share.seconds
+
+
 async def bench_idle(server: ServerProcess, quick: bool, decode: bool, gate: QuietGate) -> dict:
     section("2. CPU of one streaming session (server alone in its own process)")
     window = 8.0 if quick else 20.0
@@ -285,13 +298,7 @@ async def bench_idle(server: ServerProcess, quick: bool, decode: bool, gate: Qui
         # Two back-to-back windows: right after connecting (as a page that just opened), and
         # later, once the receiver's bandwidth estimate has raised the VP8 bitrate (~20 s).
         for key, label in (("idle", "1 idle session:  "), ("idle_steady", "  same, later:   ")):
-            await gate(server.pid)
-            s0, b0 = await stats(client), client.wire_bytes["video"]
-            w = CpuWindow(server.pid)
-            await asyncio.sleep(window)
-            share = w.share()
-            d = delta(await stats(client), s0)
-            kbps = (client.wire_bytes["video"] - b0) * 8 / 1000 / share.seconds
+            share, d, kbps = await cpu_window(server, client, window, gate)
             out[key] = {**vars(share), "stream": d, "video_kbps": kbps}
             verdict = "meets" if share.server_pct < TARGET_IDLE_CPU else "MISSES"
             print(f"{label} {share.describe()}  -> {verdict} the < {TARGET_IDLE_CPU:.0f} % target"
@@ -304,13 +311,7 @@ async def bench_idle(server: ServerProcess, quick: bool, decode: bool, gate: Qui
         try:
             await asyncio.wait_for(started.wait(), 60)
             await asyncio.sleep(warm)
-            await gate(server.pid)
-            s0, b0 = await stats(client), client.wire_bytes["video"]
-            w = CpuWindow(server.pid)
-            await asyncio.sleep(window)
-            share = w.share()
-            d = delta(await stats(client), s0)
-            kbps = (client.wire_bytes["video"] - b0) * 8 / 1000 / share.seconds
+            share, d, kbps = await cpu_window(server, client, window, gate)
         finally:
             await stop_talking([client], [talker])
         out["speaking"] = {**vars(share), "stream": d, "video_kbps": kbps}

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
+import aiortc
 from aiortc import RTCRtpSender, clock
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def report_due_times(sender: RTCRtpSender, track: DueTimeSource) -> bool:
     """
     if not hasattr(sender, _NTP_ATTR) or not hasattr(sender, "_next_encoded_frame"):
         log.warning("aiortc %s has no sender-report fields to adjust; A/V sync falls back to send times",
-                    getattr(__import__("aiortc"), "__version__", "?"))
+                    getattr(aiortc, "__version__", "?"))
         return False
     encoded_frame: Callable[[Any], Awaitable[Any]] = sender._next_encoded_frame
     sent_due: list[float | None] = [None]  # due time of the last frame whose packets went out
