@@ -156,6 +156,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--log-format must be text or json, got {config.log_format!r}")
     if config.video_max_kbps < 250:
         raise SystemExit(f"--video-max-kbps must be at least 250 (aiortc's VP8 floor), got {config.video_max_kbps}")
+    if config.speculate_after_ms < 0:
+        raise SystemExit(f"--speculate-after-ms must be 0 (off) or positive, got {config.speculate_after_ms}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

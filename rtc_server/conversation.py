@@ -79,9 +79,10 @@ class Conversation:
         self.barge_in = config.barge_in
         self.lead_words = config.lead_words
         # Recognition (and the reply) start in the background after this much silence, before
-        # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on.
-        speculate = config.speculate_after_ms if 0 < config.speculate_after_ms < config.end_silence_ms else None
-        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms, pause_ms=speculate,
+        # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on. The
+        # VAD sends no pause for 0 or for a pause as long as the end of turn.
+        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms,
+                                     pause_ms=config.speculate_after_ms or None,
                                      quick_onset_ms=config.barge_in_onset_ms)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
         self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
