@@ -117,6 +117,12 @@ class Session:
             sender = pc.addTrack(track)
             if self.config.due_time_reports:
                 report_due_times(sender, track)
+        if not self.config.listen:
+            # A say-only server never hears the microphone: answering "sendonly" keeps the browser
+            # from sending it, and this process from decoding 50 Opus packets a second for nothing.
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self.spawn(self.stream.run(), "clock")

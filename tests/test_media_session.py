@@ -91,6 +91,24 @@ async def test_video_is_encoded_without_the_webcam_denoiser_under_the_bitrate_ca
         await c.close()
 
 
+async def test_a_say_only_server_answers_without_asking_for_the_microphone(media_server):
+    base_url, app = media_server
+    assert app[CONFIG].listen is False
+    c = AvatarClient(base_url)
+    answer = await c.connect()
+    try:
+        await c.wait_media()
+        audio_section = answer["sdp"].split("m=audio", 1)[1].split("m=", 1)[0]
+        assert "a=sendonly" in audio_section, "the answer should take the avatar's voice down only"
+        (server_audio,) = [t for t in app[SESSIONS][c.session_id].pc.getTransceivers() if t.kind == "audio"]
+        assert server_audio.currentDirection == "sendonly"
+        await asyncio.sleep(1.0)
+        assert c.mic.count == 0, "the client must not be asked to send its microphone"
+        assert len(c.received.audio_times) > 25, "the avatar's audio still arrives"
+    finally:
+        await c.close()
+
+
 async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
     rows, cols = mouth_box(media_models)
     r = client.received

@@ -13,6 +13,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from tracks.avframe import AVFrame
 from tracks.clock import MediaClock
+from tracks.opus import OpusPacketizer, opus_frame_ok
 
 VIDEO_CLOCK = 90_000
 AUDIO_PACKET_SECONDS = 0.020
@@ -38,7 +39,7 @@ class TickTrack(MediaStreamTrack):
         self.sent = 0
         self.last_due: float | None = None  # due time of the frame recv() handed out last
 
-    def put(self, frame: av.VideoFrame | av.AudioFrame, due: float = 0.0) -> None:
+    def put(self, frame: av.VideoFrame | av.AudioFrame | av.Packet, due: float = 0.0) -> None:
         """Queue `frame` to be sent at monotonic time `due` (or at once if that has passed)."""
         if self.readyState != "live":
             return
@@ -47,7 +48,7 @@ class TickTrack(MediaStreamTrack):
         self._frames.append((due, frame))
         self._ready.set()
 
-    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+    async def recv(self) -> av.VideoFrame | av.AudioFrame | av.Packet:
         if not self._receiving:
             self._receiving = True
             self._frames.clear()
@@ -85,6 +86,9 @@ class RtcSink:
         self.audio = TickTrack("audio", max_buffered=3 * self.samples_per_tick // self.audio_packet)
         self._video_tb = Fraction(1, VIDEO_CLOCK)
         self._audio_tb = Fraction(1, sample_rate)
+        # Opus here when its packets tile a tick (25 fps at 48 kHz: 2 x 20 ms); else aiortc encodes.
+        self.opus = OpusPacketizer(sample_rate, self.audio_packet) if opus_frame_ok(sample_rate, self.audio_packet) \
+            else None
 
     def push(self, tick: int, frame: AVFrame) -> None:
         vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
@@ -95,12 +99,17 @@ class RtcSink:
         base = tick * self.samples_per_tick
         audio = frame.audio
         for offset in range(0, self.samples_per_tick, self.audio_packet):
-            chunk = np.ascontiguousarray(audio[offset : offset + self.audio_packet]).reshape(1, -1)
-            af = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
-            af.sample_rate = self.sample_rate
-            af.pts = base + offset
-            af.time_base = self._audio_tb
-            self.audio.put(af, due + offset / self.sample_rate)
+            pcm = audio[offset : offset + self.audio_packet]
+            self.audio.put(self._audio_out(pcm, base + offset), due + offset / self.sample_rate)
+
+    def _audio_out(self, pcm: np.ndarray, pts: int) -> av.Packet | av.AudioFrame:
+        if self.opus is not None:
+            return self.opus.encode(pcm, pts)
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="mono")
+        af.sample_rate = self.sample_rate
+        af.pts = pts
+        af.time_base = self._audio_tb
+        return af
 
     def stop(self) -> None:
         self.video.stop()
