@@ -1,20 +1,23 @@
 """What a real browser sees: A/V offset, frame rate, freezes, session capacity, voice-to-voice.
 
-    python bench/bench_browser.py                 # the full run (~10 min on a 2-core box)
+    python bench/bench_browser.py                 # the full run (~13 min on a 2-core box)
     python bench/bench_browser.py --seconds 20    # shorter windows everywhere
     python bench/bench_browser.py --skip-v2v --max-pages 3
 
 Everything is measured by static/client.html itself in headless Chromium (/usr/bin/chromium)
 and read back from window.avatarClient:
 
-1. A/V offset (beep onset heard minus white-frame display time) in sync-test sessions:
+1. A/V offset (beep onset heard minus white-frame display time) in sync-test sessions, one page per
+   sender: a warm-up (45 s: Chrome's synchroniser moves the A/V delays in steps until then), then
+   half a window alone, a window while 2 other sessions on the server speak continuously (their
+   viewers are light aiortc peers, as if on other machines; --load-pages opens them in this
+   Chromium instead) and the other half alone. All are read in the same page, so the difference
+   is what the load did, and a slow drift cancels out. Senders:
    - baseline: a minimal sender inside this script (aiohttp + aiortc, both tracks paced
-     from one clock with the simplest code possible, same beep/flash pattern), so the
-     page's own measurement path (WebAudio FIFO, output latency, jitter buffers) is known;
-   - the real server (run.py, say-only) with the sync-test session alone;
-   - the same while 2 other sessions on that server speak continuously (their viewers are light
-     aiortc peers, as if on other machines; --load-pages opens them in this Chromium instead).
-   Only differences between these runs mean anything; absolute values include the path.
+     from one clock with the simplest code possible, same beep/flash pattern): the control,
+     showing what the page's own measurement path and the load on Chromium do to a perfect sender;
+   - the real server (run.py, say-only).
+   Absolute values include the path (WebAudio FIFO, output latency, jitter buffers).
 2. Received fps, dropped frames and freezes over a window of continuous speaking.
 3. Concurrent speaking sessions: 1, 2, 3 ... pages until one drops below 24 fps or the
    server's renderer falls behind (its clock keeps sending 25 fps, repeating frames, so the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -39,6 +43,7 @@ import tempfile
 import time
 import wave
 from dataclasses import dataclass, field
+from typing import AsyncContextManager, Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,7 +58,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CLIENT_HTML = ROOT / "static" / "client.html"
 FPS = 25
 RATE = 48_000
-WARMUP_S = 8.0  # browsers sync audio to video only after a few RTCP sender reports
+SYNC_WARMUP_S = 45.0  # Chrome's synchroniser settles its A/V delays in steps over ~20-50 s after connecting
+LOAD_TARGET_SHIFT_MS = 15.0   # issue 5: load may move the offset's p50 by at most this
+LOAD_TARGET_SPREAD_MS = 30.0  # ... and its p10-p90 spread must stay under this
 SPEECH = ("The quick brown fox jumps over the lazy dog while the sun sets behind the hills. "
           "Far away a train whistles, and the people in the small town gather in the square "
           "to talk about the harvest, the weather and the news of the week. ")
@@ -305,36 +312,132 @@ class Talker:
 # ---- measurements -------------------------------------------------------------------------
 
 
-async def measure_sync(browser, base_url: str, seconds: float, label: str) -> dict:
-    """A/V offsets seen by one sync-test page over `seconds` after the warm-up."""
+@contextlib.asynccontextmanager
+async def speaking_load(server_url: str, browser, in_browser: bool):
+    """Two other sessions on the server talking without pause while the block runs.
+
+    Their viewers are light aiortc peers (bench/common.LightClient, no video decoding) since in
+    real use they sit on their own machines and only the server's load should reach the page
+    measured; `in_browser` opens them as pages in the same Chromium instead.
+    """
+    from bench.common import LightClient
+
+    if in_browser:
+        others = [await open_page(browser, server_url, "") for _ in range(2)]
+        viewers = others
+    else:
+        others = [LightClient(server_url) for _ in range(2)]
+        for c in others:
+            await c.connect()
+        viewers = [SessionRef(c.session_id, c.token) for c in others]
+    talkers = [Talker(server_url, v) for v in viewers]
+    for t in talkers:
+        t.start()
+    try:
+        await asyncio.sleep(3)  # both are speaking before the window opens
+        yield
+    finally:
+        for t in talkers:
+            await t.stop()
+        for p in others:
+            await p.close()
+
+
+def summarize_sync(sync: dict) -> None:
+    """Print and store, per page, what the load did to the offset (loaded window minus alone)."""
+    b = sync["baseline"]
+    print(f"  page audio output latency {b['audio_output_latency_ms']} ms, base latency "
+          f"{b['audio_base_latency_ms']} ms (included in every offset above)", flush=True)
+    for name in ("server", "baseline"):
+        w = sync[name]["windows"]
+        alone, loaded = w["alone"]["offsets_ms"], w["loaded"]["offsets_ms"]
+        if not (alone.get("n") and loaded.get("n")):
+            continue
+        shift = round(loaded["p50"] - alone["p50"], 1)
+        spread_ms = round(loaded["p90"] - loaded["p10"], 1)
+        ok = abs(shift) <= LOAD_TARGET_SHIFT_MS and spread_ms < LOAD_TARGET_SPREAD_MS
+        sync[name]["load_shift_ms"], sync[name]["loaded_spread_ms"] = shift, spread_ms
+        role = "" if name == "server" else " (control: the same load, a perfectly aligned sender)"
+        verdict = f" -> {'meets' if ok else 'MISSES'} the targets (|shift| <= {LOAD_TARGET_SHIFT_MS:.0f}, " \
+                  f"spread < {LOAD_TARGET_SPREAD_MS:.0f})" if name == "server" else ""
+        print(f"  {name}{role}: loaded p50 - alone p50 = {shift:+.1f} ms, loaded spread {spread_ms:.1f} ms{verdict}",
+              flush=True)
+    sa, ba = sync["server"]["windows"]["alone"]["offsets_ms"], b["windows"]["alone"]["offsets_ms"]
+    if sa.get("n") and ba.get("n"):
+        sync["server"]["alone_minus_baseline_ms"] = round(sa["p50"] - ba["p50"], 1)
+        print(f"  server alone p50 - baseline alone p50 = {sa['p50'] - ba['p50']:+.1f} ms (two pages: each settles "
+              "anywhere inside Chrome's +-30 ms no-correction band)", flush=True)
+
+
+async def measure_sync(browser, base_url: str, label: str, warmup_s: float,
+                       windows: list[tuple[str, float, Callable[[], AsyncContextManager] | None]]) -> dict:
+    """A/V offsets seen by one sync-test page: a warm-up, then each (name, seconds, load) window in turn;
+    windows with the same name are pooled.
+
+    All windows are read in the same page, so they share the A/V delays Chrome's synchroniser
+    settled on during the warm-up: a difference between them is what the load did, not where
+    a fresh page happened to settle (anywhere inside its +-30 ms no-correction band).
+    """
     page = await open_page(browser, base_url, "mode=sync-test&stats=1")
+    bounds: dict[str, list[tuple[float, float]]] = {}
     try:
         t_start = await page.js("() => performance.now()")
-        await asyncio.sleep(WARMUP_S + seconds)
+        await asyncio.sleep(warmup_s)
+        for name, seconds, load in windows:
+            async with (load() if load is not None else contextlib.nullcontext()):
+                t0 = await page.js("() => performance.now()")
+                await asyncio.sleep(seconds)
+                bounds.setdefault(name, []).append((t0, await page.js("() => performance.now()")))
         pairs = await page.js("() => window.avatarClient.syncPairs")
         latency = await page.js("() => window.avatarClient.audio.latency()")
         stats = await page.js("() => window.avatarClient.stats")
         history = await page.js("() => window.avatarClient.statsHistory")
     finally:
         await page.close()
-    window = [h for h in history if h["t"] - t_start >= WARMUP_S * 1000]
-    settled = [p for p in pairs if p["flash"] - t_start >= WARMUP_S * 1000]
-    offsets = [p["offset"] for p in settled]
+    series = [[round((p["flash"] - t_start) / 1000, 2), round(p["offset"], 2)] for p in pairs]
     result = {
         "label": label,
-        "offsets_ms": spread(offsets),
-        "warmup_offsets_ms": [round(p["offset"], 1) for p in pairs if p not in settled],
-        "series": [[round((p["flash"] - t_start) / 1000, 2), round(p["offset"], 2)] for p in pairs],
+        "warmup_s": warmup_s,
+        "series": series,
+        "settled_after_s": settled_after(series, warmup_s),
+        "windows": {},
         "audio_output_latency_ms": latency.get("outputLatencyMs") if latency else None,
         "audio_base_latency_ms": latency.get("baseLatencyMs") if latency else None,
-        "video_jitter_buffer_ms": jitter_buffers(window, "videoJitterBufferMs"),
-        "audio_jitter_buffer_ms": jitter_buffers(window, "audioJitterBufferMs"),
         "frame_size": [stats.get("frameWidth"), stats.get("frameHeight")],
     }
-    print(show(f"  {label}", result["offsets_ms"]) + f"; jitter buffers p50 video "
-          f"{result['video_jitter_buffer_ms'].get('p50')} ms, audio {result['audio_jitter_buffer_ms'].get('p50')} ms",
-          flush=True)
+    for name, spans in bounds.items():
+        def inside(t: float, spans=spans) -> bool:
+            return any(t0 <= t < t1 for t0, t1 in spans)
+
+        window = [h for h in history if inside(h["t"])]
+        w = {
+            "spans_s": [[round((t0 - t_start) / 1000, 1), round((t1 - t_start) / 1000, 1)] for t0, t1 in spans],
+            "offsets_ms": spread([p["offset"] for p in pairs if inside(p["flash"])]),
+            "video_jitter_buffer_ms": jitter_buffers(window, "videoJitterBufferMs"),
+            "audio_jitter_buffer_ms": jitter_buffers(window, "audioJitterBufferMs"),
+        }
+        result["windows"][name] = w
+        print(show(f"  {label}, {name}", w["offsets_ms"]) + f"; jitter buffers p50 video "
+              f"{w['video_jitter_buffer_ms'].get('p50')} ms, audio {w['audio_jitter_buffer_ms'].get('p50')} ms",
+              flush=True)
+    print(f"    offset settled {result['settled_after_s']} s after connecting "
+          f"(warm-up {warmup_s:.0f} s; Chrome's synchroniser moves the delays in steps until then)", flush=True)
     return result
+
+
+def settled_after(series: list[list[float]], warmup_s: float, tolerance_ms: float = 10.0) -> float | None:
+    """Seconds after connecting from which the offsets stay within `tolerance_ms` of where the
+    warm-up ended (median of its last 3), up to the warm-up's end; None if it has no pairs."""
+    during = [(t, o) for t, o in series if t < warmup_s]
+    if not during:
+        return None
+    end = statistics.median(o for _, o in during[-3:])
+    settled = during[-1][0]
+    for t, o in reversed(during):
+        if abs(o - end) > tolerance_ms:
+            break
+        settled = t
+    return settled
 
 
 def jitter_buffers(history: list[dict], key: str) -> dict:
@@ -507,7 +610,7 @@ def plot(results: dict, path: Path) -> None:
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=14)
     d.font = font  # every d.text below uses it
-    colours = {"baseline": (120, 120, 120), "alone": (31, 119, 180), "loaded": (214, 39, 40)}
+    colours = {"baseline": (120, 120, 120), "server": (214, 39, 40)}
 
     def axes(box, xr, yr, title, xlabel, ylabel, yticks, xticks):
         x0, y0, x1, y1 = box
@@ -539,8 +642,14 @@ def plot(results: dict, path: Path) -> None:
         to = axes((110, 60, W - 40, 380), (0, xmax), (lo, hi), "A/V offset seen by the page (beep - flash), per pair",
                   "seconds since the page connected", "ms", range(int(lo), int(hi) + 1, 50 if hi - lo <= 400 else 100),
                   nice_ticks(xmax))
-        d.line((*to(WARMUP_S, lo), *to(WARMUP_S, hi)), fill=(200, 200, 200))
-        d.text(to(WARMUP_S, hi), " warm-up ends", fill=(150, 150, 150))
+        # warm-up end and the loaded window (both pages use the same lengths)
+        first = next(iter(sync.values()))
+        for span in first.get("windows", {}).get("loaded", {}).get("spans_s", []):
+            (xa, ya), (xb, yb) = to(span[0], hi), to(span[1], lo)
+            d.rectangle((xa, ya, xb, yb), fill=(253, 235, 235))
+            d.text((xa, yb - 18), " loaded (2 other sessions speaking)", fill=(150, 150, 150))
+        d.line((*to(first["warmup_s"], lo), *to(first["warmup_s"], hi)), fill=(200, 200, 200))
+        d.text(to(first["warmup_s"], hi), " warm-up ends", fill=(150, 150, 150))
         for i, (name, pts) in enumerate(series.items()):
             c = colours.get(name, (0, 0, 0))
             xy = [to(x, y) for x, y in pts]
@@ -548,10 +657,13 @@ def plot(results: dict, path: Path) -> None:
                 d.line(xy, fill=c, width=2)
             for x, y in xy:
                 d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=c)
-            s = sync[name]["offsets_ms"]
-            label = f"{name}: p50 {s.get('p50', float('nan')):+.1f} ms, p10-p90 {s.get('p10', 0):+.1f}..{s.get('p90', 0):+.1f}"
-            d.rectangle((W - 420, 70 + i * 20, W - 408, 82 + i * 20), fill=c)
-            d.text((W - 400, 70 + i * 20), label, fill="black")
+            parts = []
+            for wname, w in sync[name].get("windows", {}).items():
+                o = w["offsets_ms"]
+                if o.get("n"):
+                    parts.append(f"{wname} p50 {o['p50']:+.1f} spread {o['p90'] - o['p10']:.1f}")
+            d.rectangle((W - 560, 70 + i * 20, W - 548, 82 + i * 20), fill=c)
+            d.text((W - 540, 70 + i * 20), f"{name}: " + "; ".join(parts), fill="black")
 
     # 2. fps while speaking
     speaking = results.get("speaking", {}).get("fps_series") or []
@@ -618,8 +730,6 @@ def plot(results: dict, path: Path) -> None:
 async def run(args) -> dict:
     from playwright.async_api import async_playwright
 
-    from bench.common import LightClient
-
     OUT.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     results: dict = {"seconds": args.seconds, "machine": {"cpus": os.cpu_count(), "load_before": round(load, 2)},
@@ -637,7 +747,10 @@ async def run(args) -> dict:
             print("starting the server (models load first) ...", flush=True)
             await server.start()
             try:
-                print(f"A/V offset, {args.seconds:.0f} s after {WARMUP_S:.0f} s warm-up:", flush=True)
+                where = "pages in this browser" if args.load_pages else "light aiortc viewers"
+                print(f"A/V offset: one sync-test page per sender, {args.sync_warmup:.0f} s warm-up, then "
+                      f"{args.seconds / 2:.0f} s alone, {args.seconds:.0f} s while 2 other sessions on the server "
+                      f"speak ({where}), {args.seconds / 2:.0f} s alone again:", flush=True)
                 size = (512, 512)
                 probe = await open_page(browser, server.url, "stats=1")
                 await asyncio.sleep(2.5)
@@ -646,46 +759,20 @@ async def run(args) -> dict:
                     size = (st["frameWidth"], st["frameHeight"])
                 await probe.close()
 
+                # alone, loaded, alone: a slow drift of the page's offset cancels out of the comparison
+                windows = [("alone", args.seconds / 2, None),
+                           ("loaded", args.seconds, lambda: speaking_load(server.url, browser, args.load_pages)),
+                           ("alone", args.seconds / 2, None)]
                 base_url, stop_baseline = await start_baseline_server(*size)
                 try:
-                    results["sync"]["baseline"] = await measure_sync(browser, base_url, args.seconds,
-                                                                     f"baseline (minimal aiortc sender, {size[0]}x{size[1]})")
+                    results["sync"]["baseline"] = await measure_sync(
+                        browser, base_url, f"baseline (minimal aiortc sender, {size[0]}x{size[1]})",
+                        args.sync_warmup, windows)
                 finally:
                     await stop_baseline()
-                results["sync"]["alone"] = await measure_sync(browser, server.url, args.seconds, "server, session alone")
-
-                # The other sessions' viewers: by default light aiortc peers (bench/common.LightClient,
-                # no video decoding), since in real use they sit on their own machines and only the
-                # server's load should reach this page; --load-pages opens them in this Chromium too.
-                if args.load_pages:
-                    others = [await open_page(browser, server.url, "") for _ in range(2)]
-                    viewers = others
-                else:
-                    others = [LightClient(server.url) for _ in range(2)]
-                    for c in others:
-                        await c.connect()
-                    viewers = [SessionRef(c.session_id, c.token) for c in others]
-                talkers = [Talker(server.url, v) for v in viewers]
-                for t in talkers:
-                    t.start()
-                await asyncio.sleep(3)
-                try:
-                    where = "pages in this browser" if args.load_pages else "light aiortc viewers"
-                    results["sync"]["loaded"] = await measure_sync(browser, server.url, args.seconds,
-                                                                   f"server, 2 other sessions speaking ({where})")
-                finally:
-                    for t in talkers:
-                        await t.stop()
-                    for p in others:
-                        await p.close()
-                b = results["sync"]["baseline"]
-                print(f"  page audio output latency {b['audio_output_latency_ms']} ms, base latency "
-                      f"{b['audio_base_latency_ms']} ms (included in every offset above)", flush=True)
-                for name in ("alone", "loaded"):
-                    sb, sx = b["offsets_ms"], results["sync"][name]["offsets_ms"]
-                    if sb.get("n") and sx.get("n"):
-                        results["sync"][name]["p50_minus_baseline_ms"] = round(sx["p50"] - sb["p50"], 1)
-                        print(f"  {name}: p50 - baseline p50 = {sx['p50'] - sb['p50']:+.1f} ms", flush=True)
+                results["sync"]["server"] = await measure_sync(browser, server.url, "server", args.sync_warmup,
+                                                               windows)
+                summarize_sync(results["sync"])
 
                 print(f"Continuous speaking, {args.seconds:.0f} s:", flush=True)
                 results["speaking"] = await measure_speaking(browser, server.url, args.seconds)
@@ -716,6 +803,8 @@ async def run(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement window (default 60)")
+    parser.add_argument("--sync-warmup", type=float, default=SYNC_WARMUP_S,
+                        help=f"seconds a sync-test page runs before its windows (default {SYNC_WARMUP_S:.0f})")
     parser.add_argument("--max-pages", type=int, default=6, help="most concurrent sessions to try (0 skips)")
     parser.add_argument("--skip-v2v", action="store_true", help="skip the voice-to-voice run (needs ASR/VAD models)")
     parser.add_argument("--load-pages", action="store_true",
