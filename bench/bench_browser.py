@@ -415,10 +415,14 @@ async def measure_sync(browser, base_url: str, label: str, warmup_s: float,
             "offsets_ms": spread([p["offset"] for p in pairs if inside(p["flash"])]),
             "video_jitter_buffer_ms": jitter_buffers(window, "videoJitterBufferMs"),
             "audio_jitter_buffer_ms": jitter_buffers(window, "audioJitterBufferMs"),
+            # Chrome's estimatedPlayoutTimestamp, audio minus video: its own A/V alignment
+            "chrome_av_ms": jitter_buffers(window, "chromeAvMs"),
         }
         result["windows"][name] = w
+        c = w["chrome_av_ms"]
         print(show(f"  {label}, {name}", w["offsets_ms"]) + f"; jitter buffers p50 video "
-              f"{w['video_jitter_buffer_ms'].get('p50')} ms, audio {w['audio_jitter_buffer_ms'].get('p50')} ms",
+              f"{w['video_jitter_buffer_ms'].get('p50')} ms, audio {w['audio_jitter_buffer_ms'].get('p50')} ms; "
+              f"Chrome's own A/V estimate p50 {c.get('p50')} ms (p10-p90 {c.get('p10')} .. {c.get('p90')})",
               flush=True)
     print(f"    offset settled {result['settled_after_s']} s after connecting "
           f"(warm-up {warmup_s:.0f} s; Chrome's synchroniser moves the delays in steps until then)", flush=True)
@@ -441,7 +445,7 @@ def settled_after(series: list[list[float]], warmup_s: float, tolerance_ms: floa
 
 
 def jitter_buffers(history: list[dict], key: str) -> dict:
-    """Spread of the page's once-a-second jitter-buffer delay (ms) over a window."""
+    """Spread of one of the page's once-a-second figures (ms: a jitter-buffer delay...) over a window."""
     return spread([h[key] for h in history if h.get(key) is not None])
 
 
