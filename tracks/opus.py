@@ -1,11 +1,12 @@
 """The avatar's voice as Opus packets, encoded on the clock's thread as each tick is pushed.
 
-aiortc encodes every 20 ms audio frame in a thread pool: a hand-off to a worker and a wake-up
-of the event loop 50 times a second per session, and it turns the mono voice into 96 kbit/s
-stereo first. A 20 ms mono packet costs libopus well under a millisecond, less than the hand-off,
-so RtcSink encodes here and hands aiortc finished packets (its sender only packetizes those).
-An idle avatar sends digital silence, which libopus codes as the same few bytes every packet
-once it has settled, so a settled silent packet is reused instead of encoded again.
+aiortc encodes every 20 ms audio frame in its thread pool: a hand-off to a worker and a wake-up
+of the event loop 50 times a second per session, after turning the mono voice into 96 kbit/s
+stereo. Coding a 20 ms mono packet here costs libopus about 0.2 ms (0.1 ms for silence), and
+aiortc's sender then only packetizes it. An idle avatar sends digital silence, which libopus
+codes as the same 3 bytes every packet once it has settled, so that packet is reused instead.
+Together with say-only sessions not receiving the microphone, an idle session went from 17.4 %
+to 11.7 % of a core (two servers side by side, one idle client each, same 8 s windows).
 """
 from __future__ import annotations
 
