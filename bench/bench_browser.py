@@ -312,6 +312,14 @@ class Talker:
 # ---- measurements -------------------------------------------------------------------------
 
 
+async def stop_talking(talkers: list[Talker], viewers: list) -> None:
+    """Stop the talkers, then close their viewers (pages or light aiortc peers)."""
+    for t in talkers:
+        await t.stop()
+    for v in viewers:
+        await v.close()
+
+
 @contextlib.asynccontextmanager
 async def speaking_load(server_url: str, browser, in_browser: bool):
     """Two other sessions on the server talking without pause while the block runs.
@@ -337,10 +345,7 @@ async def speaking_load(server_url: str, browser, in_browser: bool):
         await asyncio.sleep(3)  # both are speaking before the window opens
         yield
     finally:
-        for t in talkers:
-            await t.stop()
-        for p in others:
-            await p.close()
+        await stop_talking(talkers, others)
 
 
 def summarize_sync(sync: dict) -> None:
@@ -537,10 +542,7 @@ async def measure_capacity(browser, base_url: str, max_pages: int, window_s: flo
                 row["limit"] = "fps below 24" if row["fps_min"] < 24 else "renderer behind (>5% underruns)"
                 break
     finally:
-        for t in talkers:
-            await t.stop()
-        for p in pages:
-            await p.close()
+        await stop_talking(talkers, pages)
     return rows
 
 

@@ -42,7 +42,6 @@ class OpusPacketizer:
         codec.options = {"application": "voip"}
         self.codec = codec
         self.sample_rate = sample_rate
-        self.packet_samples = packet_samples
         self.time_base = Fraction(1, sample_rate)
         self.encoded = 0   # packets libopus actually coded
         self.reused = 0    # settled silent packets sent again

@@ -172,16 +172,16 @@ class LlamaChatModel(ChatModel):
         messages = [{"role": "user", "content": "Hello"}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        self._executor.submit(
-            lambda: self._llm.create_chat_completion(messages=messages, max_tokens=1)
-        ).result()
+        self._executor.submit(self._read_prompt, messages).result()
 
     async def prefill(self, messages: list[dict]) -> None:
         """Read `messages` into llama.cpp's prompt cache now, so the next turn, which starts with
         them, only reads its new part (after a history trim the whole prompt changes)."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._executor, lambda: self._llm.create_chat_completion(messages=messages, max_tokens=1))
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._read_prompt, messages)
+
+    def _read_prompt(self, messages: list[dict]) -> None:
+        # One generated token: llama.cpp reads (and caches) the whole prompt to produce it.
+        self._llm.create_chat_completion(messages=messages, max_tokens=1)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
