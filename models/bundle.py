@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from models.lipsync.renderer import LipSyncRenderer
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,18 @@ class ModelBundle:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class ModelLoadError(RuntimeError):
+    """A model failed to load or failed its start-up check; the message names it and the fix."""
+
+
 def _timed(name: str, timings: dict[str, float], progress: Progress, load: Callable[[], Any]) -> Any:
+    """Load one model (each loader ends with a real call to it), naming the model if it fails."""
     progress(f"loading {name} ...")
     start = time.perf_counter()
-    value = load()
+    try:
+        value = load()
+    except Exception as exc:
+        raise ModelLoadError(f"{name} failed to load: {exc}") from exc
     timings[name] = time.perf_counter() - start
     progress(f"loaded {name} in {timings[name]:.1f} s")
     return value
@@ -71,7 +81,9 @@ def load_models(config, progress: Progress = log.info) -> ModelBundle:
         return voice
 
     def renderer():
-        return build_renderer(config, device)
+        drawn = build_renderer(config, device)
+        drawn.idle_frame(0)  # a real frame, so a broken avatar or device fails here and not in a session
+        return drawn
 
     bundle = ModelBundle(
         tts=_timed("voice (Piper)", timings, progress, tts),
@@ -110,7 +122,12 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
     from models.asr import SpeechRecognizer
     from models.vad import VoiceActivityDetector
 
-    bundle.vad = _timed("VAD (Silero)", bundle.timings, progress, VoiceActivityDetector)
+    def vad():
+        detector = VoiceActivityDetector()
+        detector.stream().push(np.zeros(1600, dtype=np.float32))  # one real inference
+        return detector
+
+    bundle.vad = _timed("VAD (Silero)", bundle.timings, progress, vad)
 
     def asr():
         recognizer = SpeechRecognizer(model_dir=config.asr_model, language=config.language)

@@ -107,9 +107,20 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise HttpError(400, f"{where}: {first.get('msg', 'invalid')}") from None
 
 
+def loading_failure(app: web.Application) -> BaseException | None:
+    """Why the background model loading failed, or None while it runs or once it succeeded."""
+    loader = app.get(LOADER)
+    if loader is not None and loader.done() and not loader.cancelled():
+        return loader.exception()
+    return None
+
+
 def models_ready(app: web.Application) -> ModelBundle:
     bundle = app.get(MODELS)
     if bundle is None:
+        failure = loading_failure(app)
+        if failure is not None:
+            raise HttpError(503, f"model loading failed: {failure}")
         raise HttpError(503, "models are still loading; retry when GET /healthz answers 200")
     return bundle
 
@@ -139,9 +150,9 @@ async def healthz(request: web.Request) -> web.Response:
     app = request.app
     bundle = app.get(MODELS)
     if bundle is None:
-        loader = app.get(LOADER)
-        if loader is not None and loader.done() and loader.exception() is not None:
-            return json_error(503, f"model loading failed: {loader.exception()}")
+        failure = loading_failure(app)
+        if failure is not None:
+            return json_error(503, f"model loading failed: {failure}")
         return web.json_response({"status": "loading"}, status=503)
     return web.json_response({
         "status": "ok",
@@ -344,6 +355,9 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     async def stop_executor(app: web.Application) -> None:
         app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
         app[WORK_EXECUTOR].shutdown(wait=False, cancel_futures=True)
+        # Only models this app loaded itself: a bundle handed in may serve other apps too.
+        if LOADER in app and app.get(MODELS) is not None and app[MODELS].llm is not None:
+            await app[MODELS].llm.aclose()
 
     app.on_startup.append(start_loading)
     app.on_shutdown.append(close_sessions)

@@ -12,6 +12,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rtc_server.config import Config  # noqa: E402
+from tests.needs import require  # noqa: E402
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_tool"):
+        require(mark.kwargs["found"], mark.kwargs["reason"])
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ class Received:
     video_times: list[float] = field(default_factory=list)
     video_pts: list[int] = field(default_factory=list)
     video_luma: list[np.ndarray] = field(default_factory=list)  # Y planes, if kept
+    video_frames: list[np.ndarray] = field(default_factory=list)  # whole yuv420p frames, if kept
     video_size: tuple[int, int] | None = None
     audio_times: list[float] = field(default_factory=list)
     audio_pts: list[int] = field(default_factory=list)
@@ -108,9 +109,11 @@ class Received:
 class AvatarClient:
     """Connects like static/client.html: audio sendrecv, video recvonly, an `events` channel."""
 
-    def __init__(self, base_url: str, keep_video: bool = False, mic: MediaStreamTrack | None = None) -> None:
+    def __init__(self, base_url: str, keep_video: bool = False, mic: MediaStreamTrack | None = None,
+                 keep_frames: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.keep_video = keep_video
+        self.keep_frames = keep_frames  # whole pictures too (for face re-detection); costs memory
         self.mic = mic or PcmTrack()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.received = Received()
@@ -195,9 +198,12 @@ class AvatarClient:
                 r.video_times.append(time.monotonic())
                 r.video_pts.append(frame.pts)
                 r.video_size = (frame.width, frame.height)
-                if self.keep_video:
+                if self.keep_video or self.keep_frames:
+                    yuv = frame.to_ndarray(format="yuv420p")
                     # the Y plane as sent (to_ndarray(format="gray") would rescale to full range)
-                    r.video_luma.append(frame.to_ndarray(format="yuv420p")[: frame.height].copy())
+                    r.video_luma.append(yuv[: frame.height].copy())
+                    if self.keep_frames:
+                        r.video_frames.append(yuv)
         except MediaStreamError:
             pass
 

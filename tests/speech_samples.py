@@ -17,8 +17,9 @@ def espeak(text: str, voice: str = TEST_VOICE, words_per_minute: int = 160) -> n
     """text spoken by espeak-ng as float32 mono at 16 kHz."""
     import soxr
 
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is needed for test speech: apt-get install espeak-ng")
+    from tests.needs import ESPEAK_REASON, require
+
+    require(shutil.which("espeak-ng") is not None, ESPEAK_REASON)
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "--stdout", text],
         capture_output=True, check=True,

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
+import os
+import signal
 import time
 
 import numpy as np
 import pytest
 import soxr
 
+from tests import needs
 from tests.conftest import start_server
 from tests.rtc_client import AvatarClient, PcmTrack
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                reason="needs espeak-ng for the spoken questions: apt-get install -y espeak-ng")
+pytestmark = [pytest.mark.slow, needs.espeak_ng]
 
 QUESTION = "What is the capital of France?"
 LONG_ANSWER = ("Let me tell you a long story about the weather in the mountains, where the wind blows "
@@ -197,13 +198,13 @@ async def local_llm_server(listen_config, listen_models):
     config = dataclasses.replace(listen_config, llm="local")
     bundle = dataclasses.replace(listen_models, llm=build_chat_model(config))
     base_url, app, server = await start_server(config, bundle)
-    yield base_url
+    yield base_url, bundle.llm
     await server.close()
     await bundle.llm.aclose()
 
 
 async def test_local_llm_answers_out_loud(local_llm_server):
-    client, mic = await connect(local_llm_server)
+    client, mic = await connect(local_llm_server[0])
     try:
         mic.play(mic_pcm("Hello, how are you today?"))
         reply = await client.wait_event(final("reply"), timeout=60)
@@ -214,6 +215,50 @@ async def test_local_llm_answers_out_loud(local_llm_server):
         assert rms(audio_since(client, t_start, t_start + 1.0)) > 500
     finally:
         await client.close()
+
+
+def video_fps(client: AvatarClient, start: float, end: float) -> float:
+    """Frames per second of media time that arrived between two monotonic times."""
+    r = client.received
+    pts = [p for t, p in zip(r.video_times, r.video_pts) if start <= t <= end]
+    return (len(pts) - 1) / ((pts[-1] - pts[0]) / 90_000) if len(pts) > 1 else 0.0
+
+
+async def test_a_crash_of_the_llm_process_mid_reply_is_an_error_and_every_session_goes_on(local_llm_server):
+    """The model's process dies by a signal while it writes a reply (as a native crash would):
+    that turn gets an error event, both sessions keep their 25 fps, and the next question is
+    answered by the restarted process."""
+    base_url, llm = local_llm_server
+    asker, _ = await connect(base_url)
+    watcher, _ = await connect(base_url)
+    try:
+        first_pid = llm.pid
+        llm.max_tokens = 400  # long enough to be cut mid-reply
+        status, _ = await asker.request("POST", f"/sessions/{asker.session_id}/chat",
+                                        json={"text": "Count from one to one hundred, one number per line."})
+        assert status == 202
+        await asker.wait_event(lambda e: e.get("type") == "reply" and e.get("final") is False, timeout=60)
+        killed_at = time.monotonic()
+        os.kill(first_pid, signal.SIGKILL)
+        error = await asker.wait_event(lambda e: e.get("type") == "error", timeout=30)
+        assert "reply failed" in error["message"] and "SIGKILL" in error["message"], error
+        await asyncio.sleep(3.0)
+        for client in (asker, watcher):
+            fps = video_fps(client, killed_at, time.monotonic())
+            assert fps > 23.0, f"video fell to {fps:.1f} fps while the LLM process restarted"
+        llm.max_tokens = 120
+        status, _ = await asker.request("POST", f"/sessions/{asker.session_id}/chat",
+                                        json={"text": "What is the capital of France?"})
+        assert status == 202
+        reply = await asker.wait_event(lambda e: e.get("type") == "reply" and e.get("final") is True
+                                       and e.get("text"), timeout=60)
+        assert len(reply["text"].split()) >= 2, reply
+        await asker.wait_event(lambda e: e.get("type") == "speech_start", timeout=60)
+        assert llm.pid not in (None, first_pid)
+    finally:
+        llm.max_tokens = 120
+        await asker.close()
+        await watcher.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 
 import pytest
@@ -202,7 +204,7 @@ def local_model():
     pytest.importorskip("llama_cpp")
     model = make_chat_model("local", seed=7)
     yield model
-    model._executor.shutdown(wait=True)
+    model.close()
 
 
 async def test_prefill_puts_the_history_in_llamas_prompt_cache(local_model):
@@ -211,9 +213,7 @@ async def test_prefill_puts_the_history_in_llamas_prompt_cache(local_model):
     history.add_assistant("It is two streets to the north, next to the old bakery.")
     await local_model.prefill(history.messages())
     # llama.cpp's evaluated tokens: the next turn's prompt starts with them and reads only the rest.
-    cached = list(local_model._llm._input_ids)
-    assert len(cached) > 30
-    text = local_model._llm.detokenize(cached).decode("utf-8", "replace")
+    text = local_model.cached_prompt()
     assert "two streets to the north" in text and "Where is the station?" in text
 
 
@@ -263,6 +263,40 @@ async def test_closing_the_stream_early_stops_llama_generation(local_model):
             break
     assert not local_model.generating
     assert local_model.last_token_count <= 3
+
+
+async def test_a_crashed_llm_process_fails_its_reply_and_comes_back(local_model):
+    """A native crash (here SIGSEGV sent to the worker mid-reply) fails that reply with an
+    LLMError naming the signal; the supervisor starts a new process that answers the next one."""
+    first_pid = local_model.pid
+    assert first_pid is not None and first_pid != os.getpid()
+    restarts = local_model.restarts
+    local_model.max_tokens = 400
+    seen: list[str] = []
+    try:
+        with pytest.raises(LLMError, match="SIGSEGV"):
+            async for delta in local_model.stream(
+                    [{"role": "user", "content": "Count from one to two hundred, one number per line."}]):
+                seen.append(delta)
+                if len(seen) == 3:
+                    local_model.kill(signal.SIGSEGV)
+    finally:
+        local_model.max_tokens = 120
+    assert len(seen) >= 3
+    answer = await local_model.complete([{"role": "user", "content": "Say hi."}])
+    assert answer.strip()
+    assert local_model.pid not in (None, first_pid)
+    assert local_model.restarts == restarts + 1
+    assert not local_model.generating
+
+
+def test_a_model_that_crashes_at_start_is_named_with_the_fix(tmp_path):
+    """Not a GGUF at all: the worker reports why, and the error names the model and the fix."""
+    pytest.importorskip("llama_cpp")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + os.urandom(4096))
+    with pytest.raises(LLMError, match=r"broken\.gguf failed its start-up check.*--llm echo"):
+        make_chat_model("local", model_path=broken)
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path):

@@ -151,6 +151,68 @@ async def test_say_speaks_and_moves_the_mouth_then_rests(client, media_models):
         f"mouth should rest after speech (change {resting.mean():.2f}, max {resting.max():.2f})"
 
 
+# Lips that close (p, b, m) between open vowels, so that the mouth and the voice both swing.
+LIP_SENTENCE = ("Papa, open a map of Bombay. Bob, pass me a plum, a pear and a big apple. "
+                "Mama made a pumpkin pie, and Pam baked a bun.")
+
+
+def voice_envelope(r, frame_times: np.ndarray) -> np.ndarray:
+    """Loudness (dB) of the received audio in each video frame's 40 ms slot, on the sender's clock."""
+    starts = np.array([r.sender_time("audio", p, r.audio_rate) for p in r.audio_pts])
+    levels = np.array([20 * np.log10(max(rms(chunk), 1.0)) for chunk in r.audio_chunks])
+    env = np.full(len(frame_times), np.nan)
+    for i, t in enumerate(frame_times):
+        inside = (starts >= t - 0.005) & (starts < t + 1 / FPS - 0.005)
+        if inside.any():
+            env[i] = levels[inside].mean()
+    return env
+
+
+def best_lag(mouth: np.ndarray, voice: np.ndarray, max_lag: int = 10) -> tuple[int, dict[int, float]]:
+    """The shift (frames) that best lines the mouth up with the voice: positive when the voice
+    comes later than the mouth. Also every lag's Pearson r."""
+    scores = {}
+    for lag in range(-max_lag, max_lag + 1):
+        a = mouth[max(0, -lag): len(mouth) - max(0, lag)]
+        b = voice[max(0, lag): len(voice) - max(0, -lag)]
+        ok = np.isfinite(a) & np.isfinite(b)
+        scores[lag] = float(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 20 else -1.0
+    return max(scores, key=scores.get), scores
+
+
+async def test_the_mouth_opens_and_closes_with_the_voice_it_speaks(media_server):
+    """End to end, as a viewer sees and hears it: the face is re-detected in the received video,
+    its lip opening per frame is lined up with the loudness of the received voice on the sender's
+    RTCP clock, and the best alignment must be within one frame. Delaying the voice behind
+    its pictures (or the pictures behind the voice) moves the peak and fails this."""
+    from models.lipsync.accuracy import OpeningMeter
+
+    base_url, _ = media_server
+    c = AvatarClient(base_url, keep_frames=True)
+    await c.connect()
+    try:
+        await c.wait_media()
+        await asyncio.sleep(1.0)  # the first RTCP sender reports
+        uid = await c.say(LIP_SENTENCE)
+        await c.speech_end(uid)
+        await asyncio.sleep(0.6)
+    finally:
+        await c.close()
+    r = c.received
+    frame_times = np.array([r.sender_time("video", p, 90_000) for p in r.video_pts])
+    voice = voice_envelope(r, frame_times)
+    loud = np.flatnonzero(voice > np.nanmax(voice) - 30)
+    span = np.arange(max(0, loud[0] - 12), min(len(voice), loud[-1] + 12))  # the utterance, rest around it
+    assert len(span) > 4 * FPS, f"only {len(span)} frames of speech arrived"
+    mouth = OpeningMeter().openings([r.video_frames[i] for i in span])
+    assert np.isfinite(mouth).mean() > 0.9, "the face was not found in the received video"
+    lag, scores = best_lag(mouth, voice[span])
+    print(f"mouth vs voice: best lag {lag} frames (r={scores[lag]:.2f}); "
+          + " ".join(f"{k}:{v:.2f}" for k, v in scores.items() if abs(k) <= 8))
+    assert scores[lag] > 0.4, f"the mouth does not follow the voice at any lag: {scores}"
+    assert abs(lag) <= 1, f"the mouth is {lag * 1000 // FPS} ms off the voice it speaks (r by lag: {scores})"
+
+
 async def test_audio_and_video_timelines_stay_within_one_frame_over_20_s(client):
     await client.say(LONG_TEXT)
     await asyncio.sleep(20.0)

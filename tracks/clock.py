@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 
 class MediaClock:
-    """Monotonic tick arithmetic shared by every sink of one session."""
+    """Monotonic tick arithmetic shared by every sink of one session.
 
-    def __init__(self, fps: int, now: Callable[[], float] = time.monotonic) -> None:
+    `now` and `sleep` are the time source; tests pass a fake pair to run the clock in no time.
+    """
+
+    def __init__(self, fps: int, now: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.fps = fps
         self._now = now
+        self._sleep = sleep
         self.t0: float | None = None
 
     def start(self) -> None:
@@ -37,5 +42,5 @@ class MediaClock:
         """Sleep until `tick` is due; return how late we woke (seconds, >= 0 when on time)."""
         delay = self.due(tick) - self._now()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         return self._now() - self.due(tick)

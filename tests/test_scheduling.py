@@ -1,0 +1,389 @@
+"""The scheduling core on a fake clock (fast tier): the frame queue, the tick loop, interrupts,
+and speculative work thrown away when the user goes on speaking.
+
+No model, no peer, no real time: FakeTime stands in for time.monotonic and asyncio.sleep,
+so a thousand ticks or a two-second stall take microseconds and give exact figures.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from models.speech import SpeechChunk
+from rtc_server.speaker import Speaker
+from rtc_server.speculation import Prefetch, Speculation
+from tracks.avframe import AVFrame
+from tracks.clock import MediaClock
+from tracks.frame_queue import FrameQueue
+from tracks.stream import AVStream
+
+FPS = 25
+SPT = 640  # samples per tick at 16 kHz
+
+
+class FakeTime:
+    """A monotonic clock that only moves when slept on, plus stalls injected before chosen ticks."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+        self.stall_next: list[float] = []  # extra time lost on the next sleeps, one per sleep
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, delay: float) -> None:
+        self.t += delay + (self.stall_next.pop(0) if self.stall_next else 0.0)
+        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
+
+    def clock(self, fps: int = FPS) -> MediaClock:
+        return MediaClock(fps, now=self.now, sleep=self.sleep)
+
+
+def picture(value: int) -> np.ndarray:
+    return np.full((6, 4), value, np.uint8)
+
+
+def speech(uid: str, n: int, value: int = 200) -> list[AVFrame]:
+    """n frames of one utterance; the picture value says which frame it is (value + index)."""
+    audio = np.full(SPT, 1000, np.int16)
+    return [AVFrame(video=picture(value + i), audio=audio, utterance_id=uid, first=i == 0, last=i == n - 1)
+            for i in range(n)]
+
+
+class Idle:
+    def idle(self, tick: int) -> AVFrame:
+        return AVFrame(video=picture(0), audio=np.zeros(SPT, np.int16))
+
+
+class Recorder:
+    """A sink that keeps (tick, frame, time emitted)."""
+
+    def __init__(self, time: FakeTime) -> None:
+        self.time = time
+        self.ticks: list[tuple[int, AVFrame, float]] = []
+
+    def push(self, tick: int, frame: AVFrame) -> None:
+        self.ticks.append((tick, frame, self.time.t))
+
+
+async def run_until(stream: AVStream, sink: Recorder, n: int) -> None:
+    """Run the tick loop until the sink has seen n ticks."""
+    task = asyncio.create_task(stream.run())
+    try:
+        while len(sink.ticks) < n:
+            await asyncio.sleep(0)
+            assert not task.done(), task.exception() if task.done() else None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def make_stream(time: FakeTime, capacity: int = 50, **options) -> tuple[AVStream, FrameQueue, Recorder, list]:
+    queue = FrameQueue(capacity)
+    said: list[tuple[str, str]] = []
+    stream = AVStream(time.clock(), queue, Idle(), on_speech=lambda e, uid: said.append((e, uid)), **options)
+    sink = Recorder(time)
+    stream.attach(sink)
+    return stream, queue, sink, said
+
+
+# ---- frame queue ------------------------------------------------------------------------
+
+
+async def test_a_full_queue_makes_the_producer_wait_and_a_get_lets_it_in():
+    queue = FrameQueue(2)
+    a, b, c = speech("u", 3)
+    assert await queue.put(a) and await queue.put(b)
+    third = asyncio.create_task(queue.put(c))
+    await asyncio.sleep(0)
+    assert not third.done() and len(queue) == 2
+    assert queue.get_nowait() is a
+    assert await third is True
+    assert [queue.get_nowait(), queue.get_nowait(), queue.get_nowait()] == [b, c, None]
+
+
+async def test_clear_refuses_a_producer_of_the_old_generation_even_one_already_waiting():
+    queue = FrameQueue(1)
+    old = queue.generation
+    first, second = speech("old", 2)
+    assert await queue.put(first, old)
+    waiting = asyncio.create_task(queue.put(second, old))
+    await asyncio.sleep(0)
+    assert queue.clear() == [first]
+    assert await waiting is False, "a frame of the cleared utterance slipped in after the clear"
+    assert len(queue) == 0 and not queue.holds("old")
+    assert await queue.put(second, old) is False  # a late producer is refused too
+    (new,) = speech("new", 1)
+    assert await queue.put(new, queue.generation) and queue.holds("new")
+
+
+def test_a_queue_needs_room_for_one_frame():
+    with pytest.raises(ValueError):
+        FrameQueue(0)
+
+
+# ---- the tick loop ----------------------------------------------------------------------
+
+
+async def test_every_tick_leaves_at_its_due_time_and_the_timeline_never_drifts():
+    time = FakeTime()
+    stream, _, sink, _ = make_stream(time)
+    await run_until(stream, sink, 1000)
+    t0 = stream.clock.t0
+    assert [tick for tick, _, _ in sink.ticks] == list(range(1000))
+    for tick, _, at in sink.ticks:
+        assert at == pytest.approx(t0 + tick / FPS, abs=1e-9)
+    assert stream.stats.late_ticks == 0 and stream.stats.skipped_ticks == 0
+
+
+async def test_an_utterance_plays_in_order_between_speech_start_and_end():
+    time = FakeTime()
+    stream, queue, sink, said = make_stream(time)
+    for frame in speech("u1", 5):
+        await queue.put(frame)
+    await run_until(stream, sink, 8)
+    pictures = [int(frame.video[0, 0]) for _, frame, _ in sink.ticks]
+    assert pictures == [200, 201, 202, 203, 204, 0, 0, 0]
+    assert said == [("start", "u1"), ("end", "u1")]
+    assert stream.stats.speech_frames == 5 and stream.stats.underruns == 0
+
+
+async def test_an_underrun_mid_utterance_holds_the_picture_with_silence():
+    time = FakeTime()
+    stream, queue, sink, said = make_stream(time)
+    frames = speech("u1", 4)
+    for frame in frames[:2]:
+        await queue.put(frame)
+    await run_until(stream, sink, 4)  # the renderer is late: ticks 2 and 3 find nothing
+    for frame in frames[2:]:
+        await queue.put(frame)
+    await run_until(stream, sink, 7)
+    pictures = [int(frame.video[0, 0]) for _, frame, _ in sink.ticks]
+    assert pictures[:6] == [200, 201, 201, 201, 202, 203], "the held picture is the last one shown"
+    assert not sink.ticks[2][1].audio.any() and not sink.ticks[3][1].audio.any(), "held ticks are silent"
+    assert stream.stats.underruns == 2
+    assert said == [("start", "u1"), ("end", "u1")]
+    assert pictures[6] == 0  # idle after the last frame, which is no underrun
+    assert stream.stats.underruns == 2
+
+
+async def test_a_short_stall_is_caught_up_in_a_burst_without_losing_a_tick():
+    time = FakeTime()
+    stream, _, sink, _ = make_stream(time)
+    time.stall_next = [0, 0, 0, 0, 0, 0.130]  # the event loop is held 130 ms before tick 5
+    await run_until(stream, sink, 20)
+    ticks = [tick for tick, _, _ in sink.ticks]
+    assert ticks == list(range(20)), "every tick is sent: audio stays whole"
+    assert stream.stats.skipped_ticks == 0
+    assert stream.stats.late_ticks >= 1
+    # The burst sends the stalled ticks at once, and the clock is back on its timeline after it.
+    t0 = stream.clock.t0
+    late = [tick for tick, _, at in sink.ticks if at > t0 + tick / FPS + 1 / FPS]
+    assert late and max(late) <= 8
+    assert sink.ticks[-1][2] == pytest.approx(t0 + 19 / FPS)
+
+
+async def test_a_long_stall_skips_ticks_instead_of_shifting_the_timeline():
+    time = FakeTime()
+    stream, _, sink, _ = make_stream(time)  # catches up at most fps/2 = 12 ticks
+    time.stall_next = [0, 0, 0, 2.0]  # the event loop is held 2 s on the 4th wait
+    await run_until(stream, sink, 20)
+    ticks = [tick for tick, _, _ in sink.ticks]
+    jumps = [(a, b) for a, b in zip(ticks, ticks[1:]) if b != a + 1]
+    assert len(jumps) == 1, f"expected one skip, got {ticks}"
+    (before, after), = jumps
+    assert after - before - 1 == stream.stats.skipped_ticks > stream.max_catch_up
+    assert after - before - 1 >= 2.0 * FPS - 2, "about two seconds of ticks were given up"
+    t0 = stream.clock.t0
+    resumed = ticks.index(after)
+    for tick, _, at in sink.ticks[resumed + 1:]:
+        assert at == pytest.approx(t0 + tick / FPS, abs=1e-9), "the timeline did not shift"
+
+
+async def test_a_failing_sink_is_detached_and_the_others_keep_ticking():
+    time = FakeTime()
+    stream, _, sink, _ = make_stream(time)
+
+    class Broken:
+        def push(self, tick: int, frame: AVFrame) -> None:
+            raise RuntimeError("encoder gone")
+
+    stream.attach(Broken())
+    await run_until(stream, sink, 10)
+    assert [tick for tick, _, _ in sink.ticks] == list(range(10))
+    assert stream.sinks == [sink]
+
+
+# ---- interrupts ---------------------------------------------------------------------------
+
+
+async def test_an_interrupt_stops_the_picture_on_the_next_tick_and_the_next_utterance_starts_cleanly():
+    time = FakeTime()
+    stream, queue, sink, said = make_stream(time)
+    for frame in speech("u1", 20):
+        await queue.put(frame)
+    await run_until(stream, sink, 5)
+    # Session.interrupt's order: drop queued frames, forget the utterance on air.
+    dropped = queue.clear()
+    assert len(dropped) == 15
+    assert stream.end_utterance() == "u1"
+    await run_until(stream, sink, 8)
+    after = [frame for _, frame, _ in sink.ticks[5:8]]
+    assert all(not f.is_speech and int(f.video[0, 0]) == 0 for f in after), "idle face right after the interrupt"
+    assert stream.stats.underruns == 0, "an interrupted utterance is no underrun"
+    for frame in speech("u2", 3, value=100):
+        await queue.put(frame)
+    await run_until(stream, sink, 12)
+    assert said == [("start", "u1"), ("start", "u2"), ("end", "u2")]
+    assert [int(f.video[0, 0]) for _, f, _ in sink.ticks[8:11]] == [100, 101, 102]
+
+
+class OneFrameRenderer:
+    """Renders each chunk as frames whose picture is the chunk's index (no model)."""
+
+    width, height, fps = 4, 4, FPS
+
+    def idle_frame(self, tick: int) -> np.ndarray:
+        return picture(0)
+
+    def begin(self, chunk: SpeechChunk, tick: int):
+        n = -(-len(chunk.audio) // SPT)
+
+        class Source:
+            n_frames = n
+
+            def render(self, start: int, count: int) -> list[np.ndarray]:
+                return [picture(50 + start + i) for i in range(count)]
+
+        return Source()
+
+
+async def test_a_speaker_cancelled_by_an_interrupt_leaves_nothing_behind_in_the_queue():
+    """The speaker blocks on a full queue; the interrupt clears it and cancels the speaker:
+    neither the frame it waited to put nor its closing 'last' frame may reach the clock."""
+    queue = FrameQueue(3)
+    with ThreadPoolExecutor(1) as executor:
+        speaker = Speaker(voice=None, renderer=OneFrameRenderer(), queue=queue, executor=executor,
+                          samples_per_tick=SPT, next_tick=lambda: 0)
+        chunk = SpeechChunk(text="", audio=np.full(SPT * 10, 500, np.int16), sample_rate=16000)
+        task = asyncio.create_task(speaker.speak_chunks("u1", [chunk]))
+        while len(queue) < 3:
+            await asyncio.sleep(0.001)
+        queue.clear()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        assert len(queue) == 0 and not queue.holds("u1")
+
+
+async def test_an_uninterrupted_speaker_ends_its_utterance_with_one_last_frame():
+    queue = FrameQueue(50)
+    with ThreadPoolExecutor(1) as executor:
+        speaker = Speaker(voice=None, renderer=OneFrameRenderer(), queue=queue, executor=executor,
+                          samples_per_tick=SPT, next_tick=lambda: 0)
+        chunk = SpeechChunk(text="", audio=np.full(SPT * 7 + 10, 500, np.int16), sample_rate=16000)
+        assert await speaker.speak_chunks("u1", [chunk]) == 8
+    frames = [queue.get_nowait() for _ in range(len(queue))]
+    assert [f.first for f in frames] == [True] + [False] * 7
+    assert [f.last for f in frames] == [False] * 7 + [True]
+    pictures = [int(f.video[0, 0]) for f in frames]
+    # With the queue this short at the start, the second batch repeats the first picture
+    # (audio keeps its time); from then on the renderer's own frames follow in order.
+    assert pictures == sorted(pictures) and pictures[0] == 50 and pictures[-3:] == [55, 56, 57]
+    assert frames[-1].audio[10:].any() == False and frames[-1].audio[:10].all()  # noqa: E712
+
+
+# ---- speculation ----------------------------------------------------------------------------
+
+
+class ScriptedLLM:
+    """A reply stream that records whether it was opened, how far it was read, and closed."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+        self.opened: list[list[dict]] = []
+        self.closed = 0
+        self.sent = 0
+
+    async def stream(self, messages: list[dict]):
+        self.opened.append(messages)
+        try:
+            for word in self.words:
+                await asyncio.sleep(0)
+                self.sent += 1
+                yield word
+        finally:
+            self.closed += 1
+
+
+def spawner(tasks: list[asyncio.Task]):
+    def spawn(coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        tasks.append(task)
+        return task
+    return spawn
+
+
+async def test_speculation_dropped_when_the_user_goes_on_stops_asr_and_the_reply():
+    heard = asyncio.Event()
+    llm = ScriptedLLM(["Paris ", "is ", "the ", "capital."])
+    tasks: list[asyncio.Task] = []
+
+    async def recognise(audio):
+        await heard.wait()
+        return "what is the capital of"
+
+    spec = Speculation(np.zeros(1600, np.float32), recognise, lambda text: [{"role": "user", "content": text}],
+                       llm.stream, spawner(tasks))
+    await asyncio.sleep(0)
+    spec.cancel()  # SpeechResume: the user goes on speaking before ASR finished
+    heard.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert llm.opened == [], "a reply was started for a dropped speculation"
+    with pytest.raises(asyncio.CancelledError):
+        await spec.transcript()
+
+
+async def test_speculation_dropped_after_the_reply_began_closes_the_reply_stream():
+    llm = ScriptedLLM(["word "] * 1000)
+    tasks: list[asyncio.Task] = []
+
+    async def recognise(audio):
+        return "tell me a story"
+
+    spec = Speculation(np.zeros(1600, np.float32), recognise, lambda text: [{"role": "user", "content": text}],
+                       llm.stream, spawner(tasks))
+    assert await spec.transcript() == "tell me a story"
+    while llm.sent < 3:
+        await asyncio.sleep(0)
+    spec.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert llm.closed == 1, "the chat model's stream was left open"
+    assert llm.sent < 1000
+
+
+async def test_a_speculative_reply_is_adopted_only_for_the_same_messages():
+    tasks: list[asyncio.Task] = []
+
+    async def recognise(audio):
+        return "hello"
+
+    def messages_for(text: str) -> list[dict]:
+        return [{"role": "user", "content": text}]
+
+    llm = ScriptedLLM(["Hi ", "there."])
+    spec = Speculation(np.zeros(1600, np.float32), recognise, messages_for, llm.stream, spawner(tasks))
+    await spec.transcript()
+    reply = spec.reply(messages_for("hello"))
+    assert isinstance(reply, Prefetch)
+    assert [w async for w in reply] == ["Hi ", "there."]
+
+    other = ScriptedLLM(["stale"] * 100)
+    spec2 = Speculation(np.zeros(1600, np.float32), recognise, messages_for, other.stream, spawner(tasks))
+    await spec2.transcript()
+    assert spec2.reply(messages_for("hello, and what else")) is None  # the history moved on
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert other.closed == 1
