@@ -209,7 +209,7 @@ async def test_the_mouth_opens_and_closes_with_the_voice_it_speaks(media_server)
     lag, scores = best_lag(mouth, voice[span])
     print(f"mouth vs voice: best lag {lag} frames (r={scores[lag]:.2f}); "
           + " ".join(f"{k}:{v:.2f}" for k, v in scores.items() if abs(k) <= 8))
-    assert scores[lag] > 0.4, f"the mouth does not follow the voice at any lag: {scores}"
+    assert scores[lag] > 0.3, f"the mouth does not follow the voice at any lag: {scores}"
     assert abs(lag) <= 1, f"the mouth is {lag * 1000 // FPS} ms off the voice it speaks (r by lag: {scores})"
 
 
