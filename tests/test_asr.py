@@ -9,6 +9,9 @@ import pytest
 from models.asr import SpeechRecognizer, Transcript, default_model_dir
 from tests.speech_samples import concat, espeak, silence, white_noise
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))

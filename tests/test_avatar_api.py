@@ -13,6 +13,9 @@ from PIL import Image
 from tests.conftest import start_server
 from tests.rtc_client import AvatarClient
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 async def avatar_server(tmp_path_factory, media_config, media_models):

@@ -36,6 +36,9 @@ from models.lipsync.video_warp import VideoWarpRenderer, ping_pong
 from models.lipsync.yuv import yuv420_planes, yuv420_to_rgb
 from models.speech import PhonemeTiming, SpeechChunk
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 25
 
 

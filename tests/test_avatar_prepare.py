@@ -35,6 +35,9 @@ from models.avatar.store import (
     name_from_filename,
 )
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIFT_PX = 2.0   # per frame, to the right
 ZOOM = 0.002     # per frame, about the image centre

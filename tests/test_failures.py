@@ -9,6 +9,9 @@ import pytest
 from tests.conftest import start_server
 from tests.rtc_client import AvatarClient
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 class VoiceThatBreaks:
     """The real voice, except that texts mentioning 'explode' fail after their first sentence.

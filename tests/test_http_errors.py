@@ -7,6 +7,9 @@ import pytest
 from tests.conftest import wait_no_sessions
 from tests.rtc_client import AvatarClient
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 async def http():

@@ -31,6 +31,9 @@ from models.lipsync.renderer import FrameSource, LipSyncRenderer
 from models.lipsync.visemes import openness
 from models.speech import PhonemeTiming, SpeechChunk
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 25
 SENTENCES = ("Papa made Mom a pumpkin pie.", "Bob bought a big map.")
 

@@ -207,6 +207,7 @@ def local_model():
     model.close()
 
 
+@pytest.mark.slow
 async def test_prefill_puts_the_history_in_llamas_prompt_cache(local_model):
     history = ChatHistory(system_prompt="You are a helpful guide.")
     history.add_user("Where is the station?")
@@ -217,6 +218,7 @@ async def test_prefill_puts_the_history_in_llamas_prompt_cache(local_model):
     assert "two streets to the north" in text and "Where is the station?" in text
 
 
+@pytest.mark.slow
 async def test_local_model_answers_a_question(local_model):
     messages = ChatHistory().messages(pending_user="What is the capital of France?")
     deltas = [d async for d in local_model.stream(messages)]
@@ -226,6 +228,7 @@ async def test_local_model_answers_a_question(local_model):
     assert not local_model.generating
 
 
+@pytest.mark.slow
 async def test_cancelling_the_consumer_stops_llama_generation(local_model):
     local_model.max_tokens = 400
     try:
@@ -256,6 +259,7 @@ async def test_cancelling_the_consumer_stops_llama_generation(local_model):
     assert again.strip()
 
 
+@pytest.mark.slow
 async def test_closing_the_stream_early_stops_llama_generation(local_model):
     messages = [{"role": "user", "content": "Tell me a long story about a dragon."}]
     async with contextlib.aclosing(local_model.stream(messages)) as stream:
@@ -265,6 +269,7 @@ async def test_closing_the_stream_early_stops_llama_generation(local_model):
     assert local_model.last_token_count <= 3
 
 
+@pytest.mark.slow
 async def test_a_crashed_llm_process_fails_its_reply_and_comes_back(local_model):
     """A native crash (here SIGSEGV sent to the worker mid-reply) fails that reply with an
     LLMError naming the signal; the supervisor starts a new process that answers the next one."""
@@ -290,6 +295,7 @@ async def test_a_crashed_llm_process_fails_its_reply_and_comes_back(local_model)
     assert not local_model.generating
 
 
+@pytest.mark.slow
 def test_a_model_that_crashes_at_start_is_named_with_the_fix(tmp_path):
     """Not a GGUF at all: the worker reports why, and the error names the model and the fix."""
     pytest.importorskip("llama_cpp")
@@ -299,6 +305,7 @@ def test_a_model_that_crashes_at_start_is_named_with_the_fix(tmp_path):
         make_chat_model("local", model_path=broken)
 
 
+@pytest.mark.slow
 def test_missing_gguf_is_a_clear_error(tmp_path):
     pytest.importorskip("llama_cpp")
     missing = tmp_path / "nope.gguf"

@@ -14,6 +14,9 @@ from rtc_server.app import CONFIG, EXECUTOR, SESSIONS, WORK_EXECUTOR
 from tests.rtc_client import AvatarClient
 from tracks.vp8 import RenderedVp8Encoder
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 25
 LONG_TEXT = ("The quick brown fox jumps over the lazy dog. Peter Piper picked a peck of pickled peppers. "
              "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.")

@@ -23,6 +23,9 @@ from models.lipsync.photo_warp import PhotoWarpRenderer
 from models.lipsync.yuv import rgb_to_yuv420, yuv420_to_rgb
 from models.speech import PhonemeTiming, SpeechChunk
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 25
 
 

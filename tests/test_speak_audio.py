@@ -1,12 +1,17 @@
 """A user's own audio, played with lip-sync read from the audio (no phoneme timings)."""
 from __future__ import annotations
 
+import pytest
+
 import io
 import wave
 
 import numpy as np
 
 from tests.test_media_session import audio_between, client, frames_between, mouth_box, rms  # noqa: F401
+
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def syllables_wav(seconds: float = 2.0, rate: int = 22_050) -> bytes:

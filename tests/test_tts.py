@@ -11,6 +11,9 @@ from models.lead_phrase import split_lead
 from models.speech import SpeechChunk, tighten
 from models.tts import PiperTTS
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -23,6 +23,9 @@ from tests.speech_samples import (
     white_noise,
 )
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def detector() -> VoiceActivityDetector:

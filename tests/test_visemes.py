@@ -60,6 +60,7 @@ def _bitten(row: np.ndarray) -> bool:
 # --- with real Piper phonemes -------------------------------------------------------------
 
 @pytest.mark.parametrize("fps", [25, 30])
+@pytest.mark.slow
 def test_every_bilabial_closes_the_lips(tts: PiperTTS, fps: int) -> None:
     (chunk,) = tts.synthesize("Bob met Pam by the pool, mum.")
     track = _track(chunk, fps)
@@ -72,6 +73,7 @@ def test_every_bilabial_closes_the_lips(tts: PiperTTS, fps: int) -> None:
     assert track[:, OPEN].max() > 0.7
 
 
+@pytest.mark.slow
 def test_every_labiodental_bites(tts: PiperTTS) -> None:
     (chunk,) = tts.synthesize("five vivid faves")
     track = _track(chunk)
@@ -83,6 +85,7 @@ def test_every_labiodental_bites(tts: PiperTTS) -> None:
     assert (track[:, BITE] < 0.5).sum() > len(track) // 3  # bites are moments, not the whole clip
 
 
+@pytest.mark.slow
 def test_real_sentence_track_is_at_rest_at_both_ends(tts: PiperTTS) -> None:
     (chunk,) = tts.synthesize("Hello there, it is nice to meet you.")
     track = _track(chunk)
@@ -227,6 +230,7 @@ def test_audio_track_narrows_for_sibilant_noise() -> None:
     assert hiss_track[:, WIDE].mean() > vowel_track[:, WIDE].mean()
 
 
+@pytest.mark.slow
 def test_audio_track_of_real_speech_moves(tts: PiperTTS) -> None:
     (chunk,) = tts.synthesize("Hello there, it is nice to meet you.")
     n = math.ceil(chunk.duration * FPS)

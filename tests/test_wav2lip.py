@@ -15,6 +15,9 @@ from models.lipsync.wav2lip_net import Wav2LipNet
 from models.lipsync.wav2lip_renderer import CHIN_PAD, Wav2LipRenderer
 from models.speech import SpeechChunk
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # The key list of the public checkpoints, enumerated from Wav2Lip's model definition (kept in
 # the repository so the test needs nothing beside it).
 REFERENCE_LAYOUT = Path(__file__).resolve().parent / "data" / "wav2lip_state_dict.txt"

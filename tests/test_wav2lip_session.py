@@ -11,6 +11,9 @@ from tests.conftest import start_server
 from tests.rtc_client import AvatarClient
 from tests.test_wav2lip import _random_state, _save
 
+# Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 async def wav2lip_server(tmp_path_factory, media_config, media_models):
