@@ -283,7 +283,12 @@ async def test_sync_test_mode_measures_the_av_offset(media_server, open_client):
     beeps, flashes = await page.js("() => [window.avatarClient.beeps.length, window.avatarClient.flashTimes.length]")
     assert all(math.isfinite(x) for x in offsets), offsets
     settled = offsets[-3:]
-    assert all(abs(x) < 250 for x in settled), f"A/V offsets out of any sane bound: {offsets}"
+    print(f"A/V offsets (ms, audio minus video): {[round(x) for x in offsets]}")
+    # The page's own measure reads about +40..+75 ms for a perfectly aligned sender too (audio
+    # output latency counted in): bench_browser.py --seconds 20 --sync-warmup 20 --max-pages 0
+    # --skip-v2v gave p10-p90 +35..+44 ms alone and +43..+108 ms with 2 other sessions speaking,
+    # the minimal aiortc sender +30..+99 ms. The bound keeps ~40 ms of margin on both sides.
+    assert all(-40 < x < 150 for x in settled), f"A/V offsets outside -40..+150 ms: {offsets}"
     # One beep and one flash every 2 s: nearly every beep found its flash.
     assert abs(beeps - flashes) <= 2 and len(offsets) >= min(beeps, flashes) - 2, (beeps, flashes, offsets)
     assert "A/V offset" in await page.page.inner_text("#overlay")

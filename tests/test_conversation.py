@@ -122,7 +122,17 @@ async def test_talking_over_the_avatar_stops_it(conversation_server):
             lambda e: e.get("type") == "speech_end" and e["utterance_id"] == start["utterance_id"], timeout=10)
         assert end["interrupted"] is True
         t_cut = next(t for t, e in client.events if e is end)
-        assert mic.played_at is not None and t_cut - mic.played_at < 1.0, "barge-in took too long"
+        # What the user notices: how soon the avatar's voice stops after they start talking.
+        # Measured 87-122 ms on loopback with this test (bench_voice_latency: well under 250 ms);
+        # 0.5 s leaves room for a busy CI box.
+        assert mic.played_at is not None
+        r = client.received
+        loud = [t for t, c in zip(r.audio_times, r.audio_chunks) if mic.played_at <= t <= t_cut + 0.5 and rms(c) > 300]
+        voice_stopped = max(loud, default=mic.played_at) - mic.played_at
+        print(f"barge-in: speech_end {1000 * (t_cut - mic.played_at):.0f} ms, "
+              f"last loud audio {1000 * voice_stopped:.0f} ms after the user began")
+        assert t_cut - mic.played_at < 0.5, f"barge-in took {t_cut - mic.played_at:.2f} s"
+        assert voice_stopped < 0.5, f"the avatar's voice went on {voice_stopped:.2f} s into the user's speech"
         await asyncio.sleep(1.0)
         # Nothing of the cancelled answer plays afterwards (the user's own turn may be echoed later).
         later = [e for t, e in client.events if t > t_cut and e.get("type") == "speech_start"]

@@ -178,6 +178,9 @@ class LlamaChatModel(ChatModel):
                 "(a portable build); or choose --llm openai or --llm echo"
             )
         with self._lock:
+            if self._closed:  # closed while this one started (a restart racing close())
+                process.stdin.close()
+                return
             self._process = process
             self._failure = None
             self._ready.set()
