@@ -53,6 +53,16 @@ def speech(uid: str, n: int, value: int = 200) -> list[AVFrame]:
             for i in range(n)]
 
 
+async def enqueue(queue: FrameQueue, frames: list[AVFrame]) -> None:
+    for frame in frames:
+        assert await queue.put(frame)
+
+
+def shown(sink: "Recorder") -> list[int]:
+    """The picture value of every tick the sink saw (0 is the idle face)."""
+    return [int(frame.video[0, 0]) for _, frame, _ in sink.ticks]
+
+
 class Idle:
     def idle(self, tick: int) -> AVFrame:
         return AVFrame(video=picture(0), audio=np.zeros(SPT, np.int16))
@@ -142,11 +152,9 @@ async def test_every_tick_leaves_at_its_due_time_and_the_timeline_never_drifts()
 async def test_an_utterance_plays_in_order_between_speech_start_and_end():
     time = FakeTime()
     stream, queue, sink, said = make_stream(time)
-    for frame in speech("u1", 5):
-        await queue.put(frame)
+    await enqueue(queue, speech("u1", 5))
     await run_until(stream, sink, 8)
-    pictures = [int(frame.video[0, 0]) for _, frame, _ in sink.ticks]
-    assert pictures == [200, 201, 202, 203, 204, 0, 0, 0]
+    assert shown(sink) == [200, 201, 202, 203, 204, 0, 0, 0]
     assert said == [("start", "u1"), ("end", "u1")]
     assert stream.stats.speech_frames == 5 and stream.stats.underruns == 0
 
@@ -155,13 +163,11 @@ async def test_an_underrun_mid_utterance_holds_the_picture_with_silence():
     time = FakeTime()
     stream, queue, sink, said = make_stream(time)
     frames = speech("u1", 4)
-    for frame in frames[:2]:
-        await queue.put(frame)
+    await enqueue(queue, frames[:2])
     await run_until(stream, sink, 4)  # the renderer is late: ticks 2 and 3 find nothing
-    for frame in frames[2:]:
-        await queue.put(frame)
+    await enqueue(queue, frames[2:])
     await run_until(stream, sink, 7)
-    pictures = [int(frame.video[0, 0]) for _, frame, _ in sink.ticks]
+    pictures = shown(sink)
     assert pictures[:6] == [200, 201, 201, 201, 202, 203], "the held picture is the last one shown"
     assert not sink.ticks[2][1].audio.any() and not sink.ticks[3][1].audio.any(), "held ticks are silent"
     assert stream.stats.underruns == 2
@@ -223,8 +229,7 @@ async def test_a_failing_sink_is_detached_and_the_others_keep_ticking():
 async def test_an_interrupt_stops_the_picture_on_the_next_tick_and_the_next_utterance_starts_cleanly():
     time = FakeTime()
     stream, queue, sink, said = make_stream(time)
-    for frame in speech("u1", 20):
-        await queue.put(frame)
+    await enqueue(queue, speech("u1", 20))
     await run_until(stream, sink, 5)
     # Session.interrupt's order: drop queued frames, forget the utterance on air.
     dropped = queue.clear()
@@ -234,11 +239,10 @@ async def test_an_interrupt_stops_the_picture_on_the_next_tick_and_the_next_utte
     after = [frame for _, frame, _ in sink.ticks[5:8]]
     assert all(not f.is_speech and int(f.video[0, 0]) == 0 for f in after), "idle face right after the interrupt"
     assert stream.stats.underruns == 0, "an interrupted utterance is no underrun"
-    for frame in speech("u2", 3, value=100):
-        await queue.put(frame)
+    await enqueue(queue, speech("u2", 3, value=100))
     await run_until(stream, sink, 12)
     assert said == [("start", "u1"), ("start", "u2"), ("end", "u2")]
-    assert [int(f.video[0, 0]) for _, f, _ in sink.ticks[8:11]] == [100, 101, 102]
+    assert shown(sink)[8:11] == [100, 101, 102]
 
 
 class OneFrameRenderer:
