@@ -6,23 +6,26 @@ import hmac
 import json
 import logging
 import os
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
 from models.threads import lower_thread_priority
+from rtc_server.access import AccessPolicy, access_middleware
 from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
-from rtc_server.session import OfferError, Session, validate_text
+from rtc_server.session import OfferError, Session, SpeechQueueFull, validate_text
 from tracks.vp8 import configure_vp8
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 MAX_BODY_BYTES = 256 * 1024          # JSON bodies
@@ -41,12 +44,16 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 AVATARS = web.AppKey("avatars", AvatarLibrary)
 
 
+# Avatar names as the avatar store accepts them; checked before any lookup touches the disk.
+AVATAR_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class OfferBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     sdp: str
     type: Literal["offer"]
-    avatar: str | None = None
-    voice: str | None = None
+    avatar: str | None = Field(None, pattern=AVATAR_NAME)
+    voice: str | None = Field(None, max_length=200)
     mode: Literal["normal", "sync-test"] = "normal"
 
 
@@ -84,19 +91,60 @@ async def errors_as_json(request: web.Request, handler):
         return json_error(500, "internal error; see the server log")
 
 
-async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise HttpError(413, f"body too large ({request.content_length} bytes; limit {MAX_BODY_BYTES})")
+async def in_time(request: web.Request, reading: Awaitable[T], scale: float = 1.0) -> T:
+    """Await a read of the request body, or answer 408 once --body-timeout-s (times scale) passed:
+    a client that announces more than it sends must not hold a connection forever."""
+    seconds = request.app[CONFIG].body_timeout_s * scale
     try:
-        raw = await request.read()
+        return await asyncio.wait_for(reading, seconds)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"the request body did not arrive within {seconds:.0f} s") from None
+
+
+async def read_body(request: web.Request, limit: int, what: str = "body", scale: float = 1.0) -> bytes:
+    """The whole body, at most `limit` bytes (413), in time (408)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise HttpError(413, f"{what} too large ({request.content_length} bytes; limit {limit})")
+    try:
+        raw = await in_time(request, request.read(), scale)
     except web.HTTPRequestEntityTooLarge:
-        raise HttpError(413, f"body too large (limit {MAX_BODY_BYTES} bytes)") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise HttpError(413, f"body too large ({len(raw)} bytes; limit {MAX_BODY_BYTES})")
+        raise HttpError(413, f"{what} too large (limit {limit} bytes)") from None
+    if len(raw) > limit:
+        raise HttpError(413, f"{what} too large ({len(raw)} bytes; limit {limit})")
+    return raw
+
+
+async def read_multipart_file(request: web.Request, wanted: Callable[[Any], bool]) -> tuple[str | None, bytes]:
+    """(filename, bytes) of the first part `wanted` accepts, or (None, b"")."""
+    try:
+        reader = await request.multipart()
+    except (ValueError, KeyError, AssertionError):
+        raise HttpError(400, "multipart body without a valid boundary in its Content-Type") from None
+
+    async def first_file() -> tuple[str | None, bytes]:
+        async for part in reader:
+            if wanted(part):
+                return part.filename, await part.read(decode=False)
+        return None, b""
+
+    try:
+        return await in_time(request, first_file(), scale=6.0)
+    except (ValueError, KeyError, AssertionError):
+        raise HttpError(400, "the multipart body could not be parsed") from None
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await read_body(request, MAX_BODY_BYTES)
+    if request.content_type != "application/json":
+        # Also what keeps other sites' no-cors form posts out: those cannot send this type.
+        raise HttpError(415, f"send the body as JSON with 'Content-Type: application/json' "
+                             f"(got {request.content_type[:60]!r})")
     try:
         data = json.loads(raw or b"null")
     except ValueError:
         raise HttpError(400, "body is not valid JSON") from None
+    except RecursionError:
+        raise HttpError(400, "body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise HttpError(400, "body must be a JSON object")
     try:
@@ -126,16 +174,16 @@ def models_ready(app: web.Application) -> ModelBundle:
 
 
 def session_for(request: web.Request) -> Session:
-    sid = request.match_info["session_id"]
-    session = request.app[SESSIONS].get(sid)
-    if session is None:
-        raise HttpError(404, f"unknown session {sid!r} (it ended or never existed)")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HttpError(401, "missing token: send 'Authorization: Bearer <token>' from the /offer answer")
-    if not hmac.compare_digest(token.strip().encode(), session.token.encode()):
-        raise HttpError(403, "wrong token for this session")
+    session = request.app[SESSIONS].get(request.match_info["session_id"])
+    # An id that does not exist and one whose token does not match answer alike, so that
+    # neither tells a stranger which sessions are live.
+    expected = session.token if session is not None else secrets.token_hex(16)
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()) or session is None:
+        raise HttpError(404, "unknown session, or the token is not this session's (it ended or never existed)")
     return session
 
 
@@ -175,7 +223,10 @@ async def offer(request: web.Request) -> web.Response:
     except UnknownAvatar as exc:
         raise HttpError(400, str(exc.args[0])) from None
     except (OSError, ValueError) as exc:
-        raise HttpError(500, f"avatar {body.avatar!r} could not be loaded: {exc}") from None
+        # The cause names files on this server: it goes to the log, not to the client.
+        log.error("avatar %r could not be loaded: %s", body.avatar, exc)
+        raise HttpError(500, f"avatar {body.avatar!r} could not be loaded (damaged files?); "
+                             "the server log says why") from None
     if len(app[SESSIONS]) >= config.max_sessions:  # loading took a while: check again
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     if body.voice not in (None, "", "default"):
@@ -212,7 +263,10 @@ async def read_text(request: web.Request) -> str:
 async def say(request: web.Request) -> web.Response:
     session = session_for(request)
     text = await read_text(request)
-    return web.json_response({"utterance_id": session.say(text)}, status=202)
+    try:
+        return web.json_response({"utterance_id": session.say(text)}, status=202)
+    except SpeechQueueFull as exc:
+        raise HttpError(429, str(exc)) from None
 
 
 async def chat(request: web.Request) -> web.Response:
@@ -226,27 +280,27 @@ async def chat(request: web.Request) -> web.Response:
 async def speak_audio(request: web.Request) -> web.Response:
     """A WAV (or any audio FFmpeg reads) as the body, or as the file of a multipart form."""
     session = session_for(request)
-    if request.content_length is not None and request.content_length > MAX_AUDIO_BYTES:
-        raise HttpError(413, f"audio too large ({request.content_length} bytes; limit {MAX_AUDIO_BYTES})")
-    try:
-        if request.content_type.startswith("multipart/"):
-            data = b""
-            async for part in await request.multipart():
-                if part.filename or part.name in ("file", "audio"):
-                    data = await part.read(decode=False)
-                    break
-        else:
-            data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise HttpError(413, f"audio too large (limit {MAX_AUDIO_BYTES} bytes)") from None
+    if request.content_type.startswith("multipart/"):
+        if request.content_length is not None and request.content_length > MAX_AUDIO_BYTES:
+            raise HttpError(413, f"audio too large ({request.content_length} bytes; limit {MAX_AUDIO_BYTES})")
+        try:
+            _, data = await read_multipart_file(request, lambda part: part.filename or part.name in ("file", "audio"))
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(413, f"audio too large (limit {MAX_AUDIO_BYTES} bytes)") from None
+    else:
+        data = await read_body(request, MAX_AUDIO_BYTES, "audio", scale=6.0)
     loop = asyncio.get_running_loop()
     try:
         pcm = await loop.run_in_executor(request.app[WORK_EXECUTOR], decode_audio, data,
                                          session.config.sample_rate, MAX_AUDIO_SECONDS)
     except AudioFileError as exc:
         raise HttpError(400, str(exc)) from None
-    return web.json_response({"utterance_id": session.speak_audio(pcm),
-                              "duration_s": round(len(pcm) / session.config.sample_rate, 2)}, status=202)
+    try:
+        uid = session.speak_audio(pcm)
+    except SpeechQueueFull as exc:
+        raise HttpError(429, str(exc)) from None
+    return web.json_response({"utterance_id": uid, "duration_s": round(len(pcm) / session.config.sample_rate, 2)},
+                             status=202)
 
 
 async def interrupt(request: web.Request) -> web.Response:
@@ -281,21 +335,20 @@ async def upload_avatar(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
         raise HttpError(413, f"upload too large ({request.content_length} bytes; limit {MAX_UPLOAD_BYTES})")
     filename = request.query.get("filename", "upload")
-    data = b""
     if request.content_type.startswith("multipart/"):
-        async for part in await request.multipart():
-            if part.filename:
-                filename = part.filename
-                data = await part.read(decode=False)
-                break
+        sent_name, data = await read_multipart_file(request, lambda part: bool(part.filename))
+        filename = sent_name or filename
     else:
-        data = await request.read()
+        data = await read_body(request, MAX_UPLOAD_BYTES, "upload", scale=6.0)
     if not data:
         raise HttpError(400, "no file: send a photo or a short video as the body or as a multipart file")
     try:
         name = validate_name(request.query.get("name") or name_from_filename(filename))
     except AvatarStoreError as exc:
         raise HttpError(400, str(exc)) from None
+    if name == request.app[CONFIG].avatar:
+        raise HttpError(409, f"{name!r} is this server's default avatar and is never replaced by an upload; "
+                             "upload under another name (and start the server with --avatar NAME to make it the default)")
     overwrite = request.query.get("overwrite", "0").lower() in ("1", "true", "yes")
     if library.store.exists(name) and not overwrite:
         raise HttpError(409, f"avatar {name!r} exists; add overwrite=1 to replace it")
@@ -325,7 +378,10 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
 
 def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
     """Build the app around ready models, or a loader run in the background at start-up."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_UPLOAD_BYTES)
+    # The access check runs first, and outside the error handler so that errors reach allowed
+    # cross-origin pages with their CORS headers.
+    app = web.Application(middlewares=[access_middleware(AccessPolicy.from_config(config)), errors_as_json],
+                          client_max_size=MAX_UPLOAD_BYTES)
     app[CONFIG] = config
     configure_vp8(config.video_max_kbps)
     app[SESSIONS] = {}

@@ -17,6 +17,13 @@ class Config:
     sample_rate: int = 48_000
     queue_ms: int = 320             # how far the renderer may work ahead of the clock
     max_text_chars: int = 2000
+    max_queued_utterances: int = 16  # per session: more say/speak_audio while these play get 429
+    body_timeout_s: float = 10.0     # a request body (JSON, audio) must arrive within this
+    # access (rtc_server/access.py)
+    api_key: str | None = None       # when set: offers, avatar uploads/jobs and /metrics need it
+    metrics_public: bool = False     # /metrics without the API key
+    avatar_uploads: str = "auto"     # auto (loopback-only servers, or with an API key) | on | off
+    allowed_origins: str = ""        # other sites whose pages may call the API, comma-separated
     connect_timeout_s: float = 30.0  # a peer that never connects is dropped
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
     due_time_reports: bool = True    # RTCP sender reports carry due times, not send times
@@ -70,6 +77,14 @@ _HELP = {
     "sample_rate": "output audio sample rate",
     "queue_ms": "how far (ms) the renderer may work ahead of the clock",
     "max_text_chars": "longest text accepted by say/chat",
+    "max_queued_utterances": "utterances a session may have waiting or playing; more are refused (429)",
+    "api_key": "secret that POST /offer, avatar uploads and jobs, and /metrics need (header X-API-Key, "
+               "or ?key= in the page's URL); unset: no key",
+    "metrics_public": "serve /metrics without the API key (for a scraper inside the network)",
+    "avatar_uploads": "POST /avatars: auto (allowed when listening on loopback only, or with --api-key), on, off",
+    "allowed_origins": "comma-separated origins (https://site.example) of other sites' pages allowed to call "
+                       "the API from a browser; the server's own page is always allowed",
+    "body_timeout_s": "seconds a request body may take to arrive (uploads get 6 times as long) before 408",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
     "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
     "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
@@ -140,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, type=_parse_bool, default=value, metavar="BOOL",
                                 help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {value})")
         else:
+            shown = ("set" if value else "unset") if f.name.endswith("_key") else value  # secrets stay out of --help
             parser.add_argument(flag, dest=f.name, type=conv, default=value,
-                                help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {value})")
+                                help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {shown})")
     return parser
 
 
@@ -158,6 +174,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--video-max-kbps must be at least 250 (aiortc's VP8 floor), got {config.video_max_kbps}")
     if config.speculate_after_ms < 0:
         raise SystemExit(f"--speculate-after-ms must be 0 (off) or positive, got {config.speculate_after_ms}")
+    if config.avatar_uploads not in ("auto", "on", "off"):
+        raise SystemExit(f"--avatar-uploads must be auto, on or off, got {config.avatar_uploads!r}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

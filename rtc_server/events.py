@@ -40,6 +40,8 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         data = json.loads(raw)
     except (TypeError, ValueError) as exc:
         raise BadMessage(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadMessage("JSON nested too deeply") from None
     try:
         return _client_message.validate_python(data)
     except ValidationError as exc:

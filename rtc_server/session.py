@@ -5,6 +5,7 @@ import asyncio
 import logging
 import secrets
 import time
+import unicodedata
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, AsyncIterable, Awaitable, Callable
 
@@ -192,6 +193,10 @@ class Session:
 
     def _queue_utterance(self, uid: str, produce: Callable[[], Awaitable[int]]) -> str:
         """Produce an utterance after those already accepted; every one ends with a speech_end."""
+        limit = self.config.max_queued_utterances
+        if len(self._utterances) >= limit:
+            raise SpeechQueueFull(f"{len(self._utterances)} utterances are waiting or playing (limit {limit}, "
+                                  "--max-queued-utterances); wait for a speech_end or interrupt")
         self._utterances[uid] = self.spawn(self._run_utterance(uid, produce), f"utterance-{uid}")
         return uid
 
@@ -357,10 +362,20 @@ class Session:
         }
 
 
+class SpeechQueueFull(ValueError):
+    """A session already has as many utterances waiting as it may hold."""
+
+
 def validate_text(text: object, max_chars: int) -> str:
     """Clean text for speech; ValueError says what is wrong."""
     if not isinstance(text, str):
         raise ValueError("text must be a string")
+    for char in text:
+        # NUL and other control characters, and halves of surrogate pairs that JSON's \\u escapes
+        # can smuggle in: nothing a voice can say, and lone surrogates cannot even be encoded.
+        if unicodedata.category(char) in ("Cc", "Cs") and char not in "\t\n\r":
+            raise ValueError(f"text contains the character U+{ord(char):04X}, which cannot be spoken; "
+                             "send plain text")
     cleaned = " ".join(text.split())
     if not cleaned:
         raise ValueError("text is empty")

@@ -39,7 +39,9 @@ def avatar(detector):
 @pytest.fixture(scope="session")
 def media_config() -> Config:
     """Settings of the say-only server used by the media tests."""
-    return Config(port=0, max_sessions=3, listen=False, connect_timeout_s=15.0)
+    # A short body timeout so the test of a stalled body answers in seconds.
+    return Config(port=0, max_sessions=3, listen=False, connect_timeout_s=15.0, body_timeout_s=3.0,
+                  max_queued_utterances=6)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,17 @@ async def media_server(media_config, media_models):
     await server.start_server()
     yield f"http://127.0.0.1:{server.port}", app
     await server.close()
+
+
+@pytest.fixture
+async def peer(media_server):
+    """An aiortc client connected to the say-only server, closed after the test."""
+    from tests.rtc_client import AvatarClient
+
+    client = AvatarClient(media_server[0])
+    await client.connect()
+    yield client
+    await client.close()
 
 
 async def start_server(config: Config, bundle, conversation: bool = True):

@@ -110,8 +110,9 @@ class AvatarClient:
     """Connects like static/client.html: audio sendrecv, video recvonly, an `events` channel."""
 
     def __init__(self, base_url: str, keep_video: bool = False, mic: MediaStreamTrack | None = None,
-                 keep_frames: bool = False) -> None:
+                 keep_frames: bool = False, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key  # the server's --api-key, sent with the offer
         self.keep_video = keep_video
         self.keep_frames = keep_frames  # whole pictures too (for face re-detection); costs memory
         self.mic = mic or PcmTrack()
@@ -136,7 +137,8 @@ class AvatarClient:
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **offer_fields}
-        async with self.http.post(self.base_url + "/offer", json=body) as resp:
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        async with self.http.post(self.base_url + "/offer", json=body, headers=headers) as resp:
             answer = await resp.json()
             if resp.status != 200:
                 raise RuntimeError(f"offer refused: {resp.status} {answer}")

@@ -472,9 +472,11 @@ async def test_talking_over_the_avatar_interrupts_it(conversation_server, playwr
         assert end["interrupted"] is True, "the avatar finished its text instead of stopping for the user"
         events = await page.events()
         assert states_in_order(events, ["speaking", "listening"]), [e for e in events if e.get("type") == "state"]
-        transcript = await page.until("c.events.find(e => e.type === 'transcript' && e.final)", 60,
-                                      what="the user's words")
-        assert "stop" in transcript["text"].lower() or "wait" in transcript["text"].lower(), transcript
+        # "Stop, stop." and "Please wait a moment." may be heard as one turn or as two.
+        heard = await page.until("c.events.find(e => e.type === 'transcript' && e.final && /stop|wait/i.test(e.text))",
+                                 60, what="the user's words in a final transcript")
+        print(f"barge-in transcripts: {[e['text'] for e in await page.events() if e.get('type') == 'transcript' and e.get('final')]}")
+        assert heard
         await page.js("() => window.avatarClient.disconnect()")
         await context.close()
     finally:
