@@ -24,7 +24,8 @@ class Config:
     metrics_public: bool = False     # /metrics without the API key
     avatar_uploads: str = "auto"     # auto (loopback-only servers, or with an API key) | on | off
     allowed_origins: str = ""        # other sites whose pages may call the API, comma-separated
-    connect_timeout_s: float = 30.0  # a peer that never connects is dropped
+    connect_timeout_s: float = 10.0  # a peer that never connects is dropped
+    peer_timeout_s: float = 4.0      # a connected peer that sends nothing this long is gone
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
     due_time_reports: bool = True    # RTCP sender reports carry due times, not send times
     # models
@@ -86,6 +87,8 @@ _HELP = {
                        "the API from a browser; the server's own page is always allowed",
     "body_timeout_s": "seconds a request body may take to arrive (uploads get 6 times as long) before 408",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
+    "peer_timeout_s": "seconds without a packet from a connected peer (it sends RTCP every second) before its "
+                      "session ends and frees its slot",
     "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
     "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
                         "when a track is sent late (false: aiortc's send times)",

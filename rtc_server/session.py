@@ -17,6 +17,7 @@ from models.lipsync.renderer import LipSyncRenderer
 from models.speech import SpeechChunk
 from rtc_server.config import Config
 from rtc_server.mic_receiver import shorten_mic_jitter_buffer
+from rtc_server.peer_watch import wait_for_silence
 from rtc_server.events import BadMessage, EventChannel, InterruptMessage, SayMessage, State, parse_client_message
 from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
 from tracks.avframe import AVFrame
@@ -150,8 +151,13 @@ class Session:
         log.info("session %s: connection %s", self.id, state)
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.time()
+            self.spawn(self._watch_peer(), "peer-watch")
         elif state in ("failed", "closed"):
             await self.close(f"peer {state}")
+
+    async def _watch_peer(self) -> None:
+        silence = await wait_for_silence(self.pc, self.config.peer_timeout_s)
+        await self.close(f"peer silent for {silence:.1f} s (tab closed or network lost)")
 
     async def _connect_watchdog(self) -> None:
         await asyncio.sleep(self.config.connect_timeout_s)
