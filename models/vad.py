@@ -53,7 +53,8 @@ class SpeechPause:
 
     Either SpeechEnd follows with no speech in between (the turn ended as audio says, so work
     begun on audio can be kept), or SpeechResume (the user goes on: that work is stale).
-    audio is the utterance so far, as SpeechEnd would carry it with less trailing silence.
+    audio is the utterance so far, exactly as SpeechEnd will carry it if the user does not go on
+    (the pause comes no sooner than post_roll_ms into the silence).
     """
 
     t: float
@@ -174,10 +175,14 @@ class VadStream:
         self.quick_onset = False  # the listener turns it on while a quick onset matters more
         self._min_speech_frames = max(1, math.ceil(cfg.min_speech_ms / 1000 / FRAME_S))
         self._end_frames = max(1, math.ceil(cfg.end_silence_ms / 1000 / FRAME_S))
-        pause = max(1, math.ceil(cfg.pause_ms / 1000 / FRAME_S)) if cfg.pause_ms is not None else 0
-        self._pause_frames = pause if pause < self._end_frames else 0  # 0: no SpeechPause
         self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / 1000 / FRAME_S)
         self._post_roll_frames = min(self._end_frames, math.ceil(cfg.post_roll_ms / 1000 / FRAME_S))
+        pause = max(1, math.ceil(cfg.pause_ms / 1000 / FRAME_S)) if cfg.pause_ms is not None else 0
+        # Never before the post-roll is complete: the pause then carries exactly the audio the end of
+        # turn will, so work begun on it hears every word the whole turn has (a pause 96 ms into the
+        # silence cut the tail of "France" and Whisper heard "friends").
+        pause = max(pause, self._post_roll_frames) if pause else 0
+        self._pause_frames = pause if pause < self._end_frames else 0  # 0: no SpeechPause
         self._max_frames = max(1, int(cfg.max_utterance_s / FRAME_S))
         self._frames_seen = 0  # stream clock, in frames; survives reset()
         self.probability = 0.0

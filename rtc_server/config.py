@@ -49,9 +49,10 @@ class Config:
     end_silence_ms: int = 300          # 400 measured 426 ms of wait, 250 measured 274 (bench_voice_latency)
     barge_in: bool = True
     barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)
-    # 96 ms (three VAD frames) leaves ASR and the LLM prompt ~200 ms of the 300 ms wait; shorter
-    # gaps between words are common and would only waste CPU (bench_voice_latency).
-    speculate_after_ms: float = 96.0
+    # The VAD starts the speculation no sooner than its 150 ms post-roll (five 32 ms frames, 160 ms),
+    # so that it recognises the same audio as the whole turn; that leaves ASR and the LLM prompt
+    # ~140 ms of the 300 ms wait (96 ms left ~200 ms but cut the last word's tail).
+    speculate_after_ms: float = 160.0
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
     work_nice: int = 10               # TTS/ASR/LLM threads yield to the media threads on a full machine
     log_level: str = "INFO"

@@ -419,7 +419,10 @@ needs_espeak = needs.espeak_ng
 async def test_spoken_question_is_answered(conversation_server, playwright_driver, tmp_path):
     base_url, _ = conversation_server
     # Silence first so the question starts after the connection is up.
-    wav = spoken_wav(tmp_path / "question.wav", "What is the capital of France?", lead_s=1.5, tail_s=2.0)
+    # Germany, not France: through Chromium's capture, Whisper tiny.en now and then hears "the capital
+    # and friends" (for some espeak voices it always does, even on the raw file); that is a
+    # recognition-quality question for its own benches, and this test is about the page's voice loop.
+    wav = spoken_wav(tmp_path / "question.wav", "What is the capital of Germany?", lead_s=1.5, tail_s=2.0)
     chromium = await launch(playwright_driver, wav)
     try:
         context = await chromium.new_context(viewport=DESKTOP)
@@ -428,9 +431,9 @@ async def test_spoken_question_is_answered(conversation_server, playwright_drive
         await page.connected()
         transcript = await page.until("c.events.find(e => e.type === 'transcript' && e.final)", 60,
                                       what="the final transcript")
-        assert "capital" in transcript["text"].lower() and "france" in transcript["text"].lower(), transcript
+        assert "capital" in transcript["text"].lower() and "germany" in transcript["text"].lower(), transcript
         reply = await page.until("c.events.find(e => e.type === 'reply' && e.final)", 30, what="the final reply")
-        assert "france" in reply["text"].lower(), reply  # the echo model repeats the question
+        assert "germany" in reply["text"].lower(), reply  # the echo model repeats the question
         await page.until("c.events.some(e => e.type === 'speech_end')", 30, what="the spoken reply")
         events = await page.events()
         assert states_in_order(events, ["listening", "thinking", "speaking", "idle"]), \
