@@ -87,8 +87,9 @@ async def test_a_pause_inside_a_question_leaves_no_trace(conversation_server):
 
         first = espeak("What is the capital")
         first = first[: int((speech_bounds(first)[1] + 0.02) * 16_000)]  # without espeak's own tail
-        # ~190 ms of silence at the VAD: past --speculate-after-ms (96), short of --end-silence-ms (300).
-        gap = np.zeros(int(0.15 * 16_000), np.float32)
+        # ~250 ms of silence at the VAD: past the speculation's start (160 ms, five VAD frames), well
+        # short of the end of turn (300 ms, ten frames = 320 ms).
+        gap = np.zeros(int(0.22 * 16_000), np.float32)
         speech = soxr.resample(np.concatenate([first, gap, espeak("of France?")]), 16_000, 48_000)
         lead, tail = np.zeros(int(0.3 * 48_000), np.float32), np.zeros(int(0.2 * 48_000), np.float32)
         mic.play((np.concatenate([lead, speech, tail]) * 32767 * 0.8).astype(np.int16))
