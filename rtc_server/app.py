@@ -114,8 +114,14 @@ async def read_body(request: web.Request, limit: int, what: str = "body", scale:
     return raw
 
 
-async def read_multipart_file(request: web.Request, wanted: Callable[[Any], bool]) -> tuple[str | None, bytes]:
-    """(filename, bytes) of the first part `wanted` accepts, or (None, b"")."""
+async def read_file_body(request: web.Request, limit: int, what: str,
+                         wanted: Callable[[Any], bool]) -> tuple[str | None, bytes]:
+    """(filename, bytes) of an upload sent raw or as a multipart form (the first part `wanted`
+    accepts); at most `limit` bytes (413), in time (408), a broken form is 400."""
+    if not request.content_type.startswith("multipart/"):
+        return None, await read_body(request, limit, what, scale=6.0)
+    if request.content_length is not None and request.content_length > limit:
+        raise HttpError(413, f"{what} too large ({request.content_length} bytes; limit {limit})")
     try:
         reader = await request.multipart()
     except (ValueError, KeyError, AssertionError):
@@ -129,6 +135,8 @@ async def read_multipart_file(request: web.Request, wanted: Callable[[Any], bool
 
     try:
         return await in_time(request, first_file(), scale=6.0)
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, f"{what} too large (limit {limit} bytes)") from None
     except (ValueError, KeyError, AssertionError):
         raise HttpError(400, "the multipart body could not be parsed") from None
 
@@ -280,15 +288,8 @@ async def chat(request: web.Request) -> web.Response:
 async def speak_audio(request: web.Request) -> web.Response:
     """A WAV (or any audio FFmpeg reads) as the body, or as the file of a multipart form."""
     session = session_for(request)
-    if request.content_type.startswith("multipart/"):
-        if request.content_length is not None and request.content_length > MAX_AUDIO_BYTES:
-            raise HttpError(413, f"audio too large ({request.content_length} bytes; limit {MAX_AUDIO_BYTES})")
-        try:
-            _, data = await read_multipart_file(request, lambda part: part.filename or part.name in ("file", "audio"))
-        except web.HTTPRequestEntityTooLarge:
-            raise HttpError(413, f"audio too large (limit {MAX_AUDIO_BYTES} bytes)") from None
-    else:
-        data = await read_body(request, MAX_AUDIO_BYTES, "audio", scale=6.0)
+    _, data = await read_file_body(request, MAX_AUDIO_BYTES, "audio",
+                                   lambda part: part.filename or part.name in ("file", "audio"))
     loop = asyncio.get_running_loop()
     try:
         pcm = await loop.run_in_executor(request.app[WORK_EXECUTOR], decode_audio, data,
@@ -332,14 +333,8 @@ async def upload_avatar(request: web.Request) -> web.Response:
     from models.avatar.store import AvatarStoreError, name_from_filename, validate_name
 
     library = request.app[AVATARS]
-    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
-        raise HttpError(413, f"upload too large ({request.content_length} bytes; limit {MAX_UPLOAD_BYTES})")
-    filename = request.query.get("filename", "upload")
-    if request.content_type.startswith("multipart/"):
-        sent_name, data = await read_multipart_file(request, lambda part: bool(part.filename))
-        filename = sent_name or filename
-    else:
-        data = await read_body(request, MAX_UPLOAD_BYTES, "upload", scale=6.0)
+    sent_name, data = await read_file_body(request, MAX_UPLOAD_BYTES, "upload", lambda part: bool(part.filename))
+    filename = sent_name or request.query.get("filename", "upload")
     if not data:
         raise HttpError(400, "no file: send a photo or a short video as the body or as a multipart file")
     try:
