@@ -10,7 +10,6 @@ from models.bundle import load_models
 from rtc_server.app import make_app
 from rtc_server.config import parse_config
 from rtc_server.logs import setup_logging
-from rtc_server.conversation import attach_conversation
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,8 +25,6 @@ def main(argv: list[str] | None = None) -> None:
         return bundle
 
     app = make_app(config, load)
-    if config.listen:
-        attach_conversation(app)
     log.info("serving http://%s:%d/ (models loading; /healthz turns 200 when ready)", config.host, config.port)
     web.run_app(app, host=config.host, port=config.port, print=None)
 

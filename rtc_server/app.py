@@ -17,11 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
 from models.threads import lower_thread_priority
+from models.tts import default_cache_dir
 from rtc_server.access import AccessPolicy, access_middleware
 from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
-from rtc_server.session import OfferError, Session, SpeechQueueFull, validate_text
+from rtc_server.conversation import conversation_factory
+from rtc_server.outputs import OutputSpec, build_output
+from rtc_server.outputs.base import OutputError
+from rtc_server.outputs.publish import Published
+from rtc_server.outputs.record import Recordings
+from rtc_server.outputs.webrtc import OfferError, WebRtcPeer
+from rtc_server.session import Session, SpeechQueueFull, validate_text
 from tracks.vp8 import configure_vp8
 
 log = logging.getLogger(__name__)
@@ -39,7 +46,9 @@ MODELS = web.AppKey("models", object)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)            # rendering
 WORK_EXECUTOR = web.AppKey("work_executor", ThreadPoolExecutor)  # TTS, ASR, decoding, avatar preparation
 LOADER = web.AppKey("loader", object)
-ATTACHERS = web.AppKey("attachers", list)
+CONVERSE = web.AppKey("converse", bool)  # sessions get a conversation when the models allow
+PUBLISHED = web.AppKey("published", Published)  # what outputs serve at capability URLs
+RECORDINGS = web.AppKey("recordings", Recordings)
 METRICS = web.AppKey("metrics", ServerMetrics)
 AVATARS = web.AppKey("avatars", AvatarLibrary)
 
@@ -55,6 +64,16 @@ class OfferBody(BaseModel):
     avatar: str | None = Field(None, pattern=AVATAR_NAME)
     voice: str | None = Field(None, max_length=200)
     mode: Literal["normal", "sync-test"] = "normal"
+
+
+class SessionBody(BaseModel):
+    """POST /sessions: a session with no browser, and the outputs it starts with."""
+    model_config = ConfigDict(extra="forbid")
+    avatar: str | None = Field(None, pattern=AVATAR_NAME)
+    voice: str | None = Field(None, max_length=200)
+    mode: Literal["normal", "sync-test"] = "normal"
+    listen: bool = True
+    outputs: list[OutputSpec] = Field(default_factory=list, max_length=8)
 
 
 class TextBody(BaseModel):
@@ -219,44 +238,102 @@ async def healthz(request: web.Request) -> web.Response:
     })
 
 
-async def offer(request: web.Request) -> web.Response:
-    app = request.app
+async def new_session(app: web.Application, avatar: str | None, voice: str | None, mode: str,
+                      listen: bool = True) -> Session:
+    """A started session, counted against --max-sessions; 400/503 when it cannot be made."""
     config = app[CONFIG]
-    body = await read_json(request, OfferBody)
     bundle = models_ready(app)
     if len(app[SESSIONS]) >= config.max_sessions:
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     try:
-        renderer = await app[AVATARS].renderer(bundle, body.avatar)
+        renderer = await app[AVATARS].renderer(bundle, avatar)
     except UnknownAvatar as exc:
         raise HttpError(400, str(exc.args[0])) from None
     except (OSError, ValueError) as exc:
         # The cause names files on this server: it goes to the log, not to the client.
-        log.error("avatar %r could not be loaded: %s", body.avatar, exc)
-        raise HttpError(500, f"avatar {body.avatar!r} could not be loaded (damaged files?); "
+        log.error("avatar %r could not be loaded: %s", avatar, exc)
+        raise HttpError(500, f"avatar {avatar!r} could not be loaded (damaged files?); "
                              "the server log says why") from None
     if len(app[SESSIONS]) >= config.max_sessions:  # loading took a while: check again
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
-    if body.voice not in (None, "", "default"):
-        raise HttpError(400, f"unknown voice {body.voice!r}; this server has one voice: 'default' (--voice)")
+    if voice not in (None, "", "default"):
+        raise HttpError(400, f"unknown voice {voice!r}; this server has one voice: 'default' (--voice)")
+    listener = conversation_factory(bundle) if app[CONVERSE] else None
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], work_executor=app[WORK_EXECUTOR],
-                      mode=body.mode,
-                      avatar=body.avatar or bundle.default_avatar,
+                      mode=mode, avatar=avatar or bundle.default_avatar, listener=listener,
+                      listen=listen and config.listen,
                       on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
     app[METRICS].sessions_started.inc()
+    return session
+
+
+async def add_output(session: Session, output) -> dict:
+    """Open `output` on `session`: 400 for what the client got wrong."""
     try:
-        for attach in app[ATTACHERS]:
-            attach(session, bundle)
-        answer = await session.accept_offer(body.sdp, body.type)
-    except OfferError as exc:
-        await session.close("bad offer")
+        await session.add_output(output)
+    except OutputError as exc:
         raise HttpError(400, str(exc)) from None
+    return output.describe()
+
+
+async def offer(request: web.Request) -> web.Response:
+    body = await read_json(request, OfferBody)
+    session = await new_session(request.app, body.avatar, body.voice, body.mode)
+    peer = WebRtcPeer(body.sdp, body.type, owner=True)
+    try:
+        await add_output(session, peer)
+        session.start()
     except BaseException:
         await session.close("offer failed")
         raise
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id,
+    log.info("session %s: offer accepted (mode=%s, avatar=%s)", session.id, session.mode, session.avatar)
+    assert peer.answer is not None
+    return web.json_response({"sdp": peer.answer.sdp, "type": peer.answer.type, "session_id": session.id,
                               "token": session.token})
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """POST /sessions: a session that no browser made (an announcer, a live stream, a recording)."""
+    body = await read_json(request, SessionBody)
+    session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen)
+    try:
+        outputs = [await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS])) for spec in body.outputs]
+        session.start()
+    except BaseException:
+        await session.close("outputs failed")
+        raise
+    log.info("session %s: created without a browser (mode=%s, avatar=%s, outputs=%s)", session.id, session.mode,
+             session.avatar, ",".join(o["type"] for o in outputs) or "none")
+    return web.json_response({"session_id": session.id, "token": session.token, "outputs": outputs}, status=201)
+
+
+async def post_output(request: web.Request) -> web.Response:
+    session = session_for(request)
+    spec = await read_json(request, OutputSpec)
+    if len(session.outputs) >= 16:
+        raise HttpError(429, "this session has 16 outputs; stop one first")
+    return web.json_response(await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS])), status=201)
+
+
+async def delete_output(request: web.Request) -> web.Response:
+    session = session_for(request)
+    if not await session.remove_output(request.match_info["output_id"], "deleted by client"):
+        raise HttpError(404, "this session has no such output")
+    return web.Response(status=204)
+
+
+async def post_viewer(request: web.Request) -> web.Response:
+    """A recvonly WebRTC offer that watches (and hears) the session."""
+    session = session_for(request)
+    body = await read_json(request, OfferBody)
+    viewers = sum(1 for o in session.outputs.values() if o.type == "viewer")
+    if viewers >= request.app[CONFIG].max_viewers:
+        raise HttpError(503, f"this session has {viewers} viewers (--max-viewers); try again later")
+    peer = WebRtcPeer(body.sdp, body.type, owner=False)
+    await add_output(session, peer)
+    assert peer.answer is not None
+    return web.json_response({"sdp": peer.answer.sdp, "type": peer.answer.type, "viewer_id": peer.id}, status=201)
 
 
 async def read_text(request: web.Request) -> str:
@@ -280,9 +357,9 @@ async def say(request: web.Request) -> web.Response:
 async def chat(request: web.Request) -> web.Response:
     session = session_for(request)
     text = await read_text(request)
-    if session.on_chat is None:
+    if session.conversation is None:
         raise HttpError(409, "chat is not available: the server runs without a reply model (--listen false)")
-    return web.json_response(session.on_chat(text), status=202)
+    return web.json_response(session.conversation.chat(text), status=202)
 
 
 async def speak_audio(request: web.Request) -> web.Response:
@@ -317,6 +394,34 @@ async def delete_session(request: web.Request) -> web.Response:
     session = session_for(request)
     await session.close("deleted by client")
     return web.Response(status=204)
+
+
+async def published(request: web.Request) -> web.Response:
+    """A playlist or segment at an output's capability URL (the key is the credential)."""
+    found = request.app[PUBLISHED].get(request.match_info["key"], request.match_info["name"])
+    if found is None:
+        raise HttpError(404, "no such stream or segment (it ended, or the URL is wrong)")
+    body, content_type = found
+    return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+
+
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    """The MP4 of a record output, with its session's token (also after the session ended)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HttpError(401, "missing token: send 'Authorization: Bearer <token>' of the recorded session")
+    output = request.app[RECORDINGS].find(request.match_info["output_id"], token.strip())
+    if output is None or output.path is None or not output.path.exists():
+        raise HttpError(404, "unknown recording, or the token is not its session's")
+    return web.FileResponse(output.path, headers={"Content-Type": "video/mp4"})
+
+
+async def watch_page(request: web.Request) -> web.StreamResponse:
+    """A page that plays an HLS output with hls.js."""
+    if not request.app[PUBLISHED].has(request.match_info["key"]):
+        raise HttpError(404, "no such stream (it ended, or the URL is wrong)")
+    return web.FileResponse(STATIC_DIR / "watch.html")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -371,8 +476,12 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
         raise
 
 
-def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) -> web.Application:
-    """Build the app around ready models, or a loader run in the background at start-up."""
+def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
+             conversation: bool | None = None) -> web.Application:
+    """Build the app around ready models, or a loader run in the background at start-up.
+
+    `conversation`: whether sessions listen and answer (default: config.listen), when the
+    models loaded allow it."""
     # The access check runs first, and outside the error handler so that errors reach allowed
     # cross-origin pages with their CORS headers.
     app = web.Application(middlewares=[access_middleware(AccessPolicy.from_config(config)), errors_as_json],
@@ -380,7 +489,9 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app[CONFIG] = config
     configure_vp8(config.video_max_kbps)
     app[SESSIONS] = {}
-    app[ATTACHERS] = []
+    app[CONVERSE] = config.listen if conversation is None else conversation
+    app[PUBLISHED] = Published()
+    app[RECORDINGS] = Recordings(config.record_dir or (config.cache_dir or default_cache_dir().parent) / "recordings")
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
     cores = os.cpu_count() or 2
     # Separate pools: a whole-sentence Piper call or an ASR pass must not delay a render batch
@@ -420,6 +531,13 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle]) ->
     app.router.add_post("/avatars", upload_avatar)
     app.router.add_get("/avatars/jobs/{job_id}", avatar_job)
     app.router.add_post("/offer", offer)
+    app.router.add_post("/sessions", create_session)
+    app.router.add_post("/sessions/{session_id}/outputs", post_output)
+    app.router.add_delete("/sessions/{session_id}/outputs/{output_id}", delete_output)
+    app.router.add_post("/sessions/{session_id}/viewers", post_viewer)
+    app.router.add_get("/sessions/{session_id}/recordings/{output_id}.mp4", download_recording)
+    app.router.add_get("/live/{key}/{name}", published)
+    app.router.add_get("/watch/{key}", watch_page)
     app.router.add_post("/sessions/{session_id}/say", say)
     app.router.add_post("/sessions/{session_id}/chat", chat)
     app.router.add_post("/sessions/{session_id}/speak_audio", speak_audio)

@@ -28,6 +28,11 @@ class Config:
     peer_timeout_s: float = 4.0      # a connected peer that sends nothing this long is gone
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
     due_time_reports: bool = True    # RTCP sender reports carry due times, not send times
+    # outputs beyond the browser's peer (rtc_server/outputs/)
+    max_viewers: int = 8             # WebRTC viewers per session
+    hls_segment_s: float = 1.0       # HLS segment length; the H.264 keyframe interval matches it
+    h264_kbps: int = 800             # H.264 bitrate of HLS, recordings and RTMP pushes
+    record_dir: Path | None = None   # where recordings are kept (default: a folder in the cache)
     # models
     avatar: str = "astronaut"
     avatar_dir: Path | None = None   # where prepared avatars live
@@ -90,6 +95,10 @@ _HELP = {
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
     "peer_timeout_s": "seconds without a packet from a connected peer (it sends RTCP every second) before its "
                       "session ends and frees its slot",
+    "max_viewers": "WebRTC viewers (POST /sessions/{id}/viewers) per session",
+    "hls_segment_s": "HLS segment length in seconds (also the H.264 keyframe interval of HLS, recordings, RTMP)",
+    "h264_kbps": "H.264 bitrate (kbit/s) of HLS outputs, recordings and RTMP pushes",
+    "record_dir": "folder for recordings (record outputs); default: recordings/ in the cache folder",
     "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
     "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
                         "when a track is sent late (false: aiortc's send times)",
@@ -180,6 +189,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--speculate-after-ms must be 0 (off) or positive, got {config.speculate_after_ms}")
     if config.avatar_uploads not in ("auto", "on", "off"):
         raise SystemExit(f"--avatar-uploads must be auto, on or off, got {config.avatar_uploads!r}")
+    if not 0.2 <= config.hls_segment_s <= 10:
+        raise SystemExit(f"--hls-segment-s must be between 0.2 and 10, got {config.hls_segment_s}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

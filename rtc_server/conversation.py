@@ -11,7 +11,6 @@ from typing import AsyncIterator, Callable
 
 import av
 import numpy as np
-from aiohttp import web
 
 from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
@@ -94,12 +93,10 @@ class Conversation:
         self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
         self.user_speaking = False
         self.mic_errors = 0
-        session.mic_handler = self.on_mic_frame
-        session.on_chat = self.on_chat
 
     # ---- input -------------------------------------------------------------------------
 
-    def on_mic_frame(self, frame: av.AudioFrame) -> None:
+    def hear(self, frame: av.AudioFrame) -> None:
         try:
             for out in self.resampler.resample(frame):
                 pcm = out.to_ndarray().reshape(-1)
@@ -155,7 +152,7 @@ class Conversation:
                                 speculations_dropped=self._dropped)
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
 
-    def on_chat(self, text: str) -> dict:
+    def chat(self, text: str) -> dict:
         """A typed user turn: interrupts whatever the avatar is doing and answers it."""
         self.session.interrupt()
         timing = TurnTiming(source="text", user_text=text, asr_done=time.monotonic())
@@ -322,13 +319,9 @@ def _mark(timing: TurnTiming, name: str) -> None:
         setattr(timing, name, time.monotonic())
 
 
-def attach_conversation(app: web.Application) -> None:
-    """Give every new session of `app` a conversation (needs VAD, ASR and an LLM loaded)."""
-    from rtc_server.app import ATTACHERS
-
-    def attach(session: Session, bundle: ModelBundle) -> None:
-        if bundle.vad is None or bundle.asr is None or bundle.llm is None:
-            return
-        session.conversation = Conversation(session, bundle)
-
-    app[ATTACHERS].append(attach)
+def conversation_factory(bundle: ModelBundle) -> Callable[[Session], Conversation] | None:
+    """What builds each new session's conversation, or None when `bundle` cannot converse
+    (no VAD, ASR or LLM loaded: a say-only server)."""
+    if bundle.vad is None or bundle.asr is None or bundle.llm is None:
+        return None
+    return lambda session: Conversation(session, bundle)

@@ -54,39 +54,47 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
 
 
 class EventChannel:
-    """Sends server events on the `events` data channel; holds a few until it opens."""
+    """Sends server events to every attached channel (data channels, sockets); keeps a backlog
+    for a channel that is not open yet, and the last few events for GET /sessions/{id}."""
 
     def __init__(self, backlog: int = 64) -> None:
-        self._channel: Any = None
-        self._pending: deque[str] = deque(maxlen=backlog)
-        self.sent: list[dict] = []  # kept short: the last events, for GET /sessions/{id}
+        self._channels: list[Any] = []
+        self._pending: deque[str] = deque(maxlen=backlog)  # sent before any channel was open
+        self.sent: list[dict] = []
         self._sent_max = 20
 
     def attach(self, channel: Any) -> None:
-        self._channel = channel
+        """Add a channel with aiortc's shape: `readyState`, `send(str)`, `on("open", ...)`."""
+        self._channels.append(channel)
         if channel.readyState == "open":
-            self._flush()
+            self._flush(channel)
         else:
-            channel.on("open", self._flush)
+            channel.on("open", lambda: self._flush(channel))
 
-    def _flush(self) -> None:
-        while self._pending and self._is_open():
-            self._channel.send(self._pending.popleft())
+    def detach(self, channel: Any) -> None:
+        if channel in self._channels:
+            self._channels.remove(channel)
 
-    def _is_open(self) -> bool:
-        return self._channel is not None and self._channel.readyState == "open"
+    def _flush(self, channel: Any) -> None:
+        while self._pending and channel.readyState == "open":
+            self._send_to(channel, self._pending.popleft())
+
+    @staticmethod
+    def _send_to(channel: Any, text: str) -> None:
+        try:
+            channel.send(text)
+        except Exception as exc:  # a closing channel must not break the caller
+            log.debug("event dropped: %s", exc)
 
     def send(self, event: dict) -> None:
         text = json.dumps(event, ensure_ascii=False)
         self.sent.append(event)
         if len(self.sent) > self._sent_max:
             del self.sent[0]
-        if self._is_open():
-            try:
-                self._channel.send(text)
-            except Exception as exc:  # a closing channel must not break the caller
-                log.debug("event dropped: %s", exc)
-        else:
+        open_channels = [c for c in self._channels if c.readyState == "open"]
+        for channel in open_channels:
+            self._send_to(channel, text)
+        if not open_channels:
             self._pending.append(text)
 
     def state(self, state: State) -> None:

@@ -1,4 +1,10 @@
-"""One browser connection: its peer, clock, frame queue, speaker and the tasks they run."""
+"""One talking avatar: its clock, frame queue, speaker, conversation and events.
+
+The session knows no transport. What it hears and where it goes are parts: a listener (the
+conversation) passed in when it is built, microphone audio handed to `hear` by whichever
+input has a microphone, and outputs (the browser's WebRTC peer, viewers, HLS, a recording,
+an RTMP push) added with `add_output`. Each output takes the ticks of the one clock.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -7,24 +13,20 @@ import secrets
 import time
 import unicodedata
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, AsyncIterable, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterable, Awaitable, Callable, Protocol
 
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from models.lipsync.renderer import LipSyncRenderer
 from models.speech import SpeechChunk
 from rtc_server.config import Config
-from rtc_server.mic_receiver import shorten_mic_jitter_buffer
-from rtc_server.peer_watch import wait_for_silence
 from rtc_server.events import BadMessage, EventChannel, InterruptMessage, SayMessage, State, parse_client_message
+from rtc_server.outputs.base import Output
 from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
 from tracks.avframe import AVFrame
 from tracks.clock import MediaClock
 from tracks.frame_queue import FrameQueue
-from tracks.rtc import RtcSink
-from tracks.sender_reports import report_due_times
+from tracks.h264_feed import H264Feed, SharedFeed
 from tracks.stream import AVStream
 from tracks.sync_test import SyncTestPattern
 
@@ -34,8 +36,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class OfferError(ValueError):
-    """The browser's offer cannot be answered (malformed SDP, missing media)."""
+class Listener(Protocol):
+    """What answers the user: the conversation (rtc_server.conversation.Conversation)."""
+
+    turns: Any
+
+    def hear(self, frame: Any) -> None:
+        """Microphone audio (an av.AudioFrame of any rate and layout)."""
+
+    def chat(self, text: str) -> dict:
+        """A typed user turn."""
+
+    def cancel_turn(self) -> None:
+        """Stop the reply being written (the session was interrupted)."""
+
+
+ListenerFactory = Callable[["Session"], Listener]
 
 
 class AvatarIdle:
@@ -50,7 +66,7 @@ class AvatarIdle:
 
 
 class Session:
-    """Owns everything of one connection and cancels all of it on close."""
+    """Owns everything of one talking avatar and cancels all of it on close."""
 
     def __init__(
         self,
@@ -62,6 +78,8 @@ class Session:
         work_executor: Executor | None = None,
         mode: str = "normal",
         avatar: str = "",
+        listener: ListenerFactory | None = None,
+        listen: bool = True,
         on_closed: Callable[["Session"], None] | None = None,
         metrics: "ServerMetrics | None" = None,
     ) -> None:
@@ -71,11 +89,11 @@ class Session:
         self.mode = mode
         self.avatar = avatar
         self.created = time.time()
-        self.connected_at: float | None = None
         self.closed = False
         self._on_closed = on_closed
         self.metrics = metrics
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.executor = executor
+        self.renderer = renderer
         self.clock = MediaClock(config.fps)
         self.queue = FrameQueue(config.queue_frames)
         if mode == "sync-test":
@@ -83,103 +101,65 @@ class Session:
         else:
             idle = AvatarIdle(renderer, config.samples_per_tick)
         self.stream = AVStream(self.clock, self.queue, idle, on_speech=self._on_speech)
-        self.sink = RtcSink(self.clock, config.sample_rate)
-        self.stream.attach(self.sink)
         self.events = EventChannel()
+        # One H.264 + AAC encoding for all outputs that mux it (HLS, record, RTMP), made on first use;
+        # its keyframe interval is the HLS segment length.
+        self.encodings = SharedFeed(
+            lambda: H264Feed(renderer.width, renderer.height, config.fps, config.sample_rate,
+                             kbps=config.h264_kbps, gop=max(1, round(config.hls_segment_s * config.fps))),
+            attach=self.stream.attach, detach=self.stream.detach)
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
                                next_tick=lambda: self.stream.tick, tts_executor=work_executor,
                                lead_words=config.lead_words)
         self.state: State = "idle"
+        self.outputs: dict[str, Output] = {}
         self._tasks: set[asyncio.Task] = set()
         self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order
         self._speak_lock = asyncio.Lock()
         self._utterance_count = 0
         self._on_air_callbacks: dict[str, Callable[[], None]] = {}
-        self.on_chat: Callable[[str], dict] | None = None  # set by the conversation, if any
-        self.conversation = None  # rtc_server.conversation.Conversation when listening
-        self.mic_handler: Callable[[object], None] | None = None
+        # Whether microphone audio is heard at all; typed chat works either way.
+        self.listen = listen
+        self.conversation: Listener | None = listener(self) if listener is not None else None
 
-    # ---- negotiation -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the clock (once); outputs added before or after all take its ticks."""
+        if not self.clock.started and not self.closed:
+            self.clock.start()
+            self.spawn(self.stream.run(), "clock")
 
-    async def accept_offer(self, sdp: str, kind: str) -> RTCSessionDescription:
-        """Answer the browser's offer; raises OfferError for anything unusable."""
-        pc = self.pc
-        pc.on("datachannel", self._on_datachannel)
-        pc.on("track", self._on_track)
-        pc.on("connectionstatechange", self._on_connection_state)
+    # ---- inputs and outputs ------------------------------------------------------------
+
+    def hear(self, frame: Any) -> None:
+        """Microphone audio from any input (a WebRTC track, a WebSocket)."""
+        if self.listen and self.conversation is not None:
+            self.conversation.hear(frame)
+
+    async def add_output(self, output: Output) -> Output:
+        """Open `output` on this session; raises what its open raises (OutputError for bad input)."""
+        if self.closed:
+            raise RuntimeError("the session has ended")
+        self.outputs[output.id] = output
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        except Exception as exc:  # aiortc raises ValueError/KeyError/... for bad SDP
-            raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
-        kinds = {t.kind for t in pc.getTransceivers()}
-        if not {"audio", "video"} <= kinds:
-            raise OfferError("the SDP offer must carry one audio and one video transceiver "
-                             f"(got {sorted(kinds) or 'none'}); see the client in static/client.html")
-        for track in (self.sink.audio, self.sink.video):
-            sender = pc.addTrack(track)
-            if self.config.due_time_reports:
-                report_due_times(sender, track)
-        if not self.config.listen:
-            # A say-only server never hears the microphone: answering "sendonly" keeps the browser
-            # from sending it, and this process from decoding 50 Opus packets a second for nothing.
-            for transceiver in pc.getTransceivers():
-                if transceiver.kind == "audio":
-                    transceiver.direction = "sendonly"
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
-        self.spawn(self.stream.run(), "clock")
-        self.spawn(self._connect_watchdog(), "watchdog")
-        log.info("session %s: offer accepted (mode=%s, avatar=%s)", self.id, self.mode, self.avatar)
-        return pc.localDescription
+            await output.open(self)
+        except BaseException:
+            self.outputs.pop(output.id, None)
+            await output.stop()
+            raise
+        log.info("session %s: output %s added", self.id, output.id)
+        return output
 
-    def _on_datachannel(self, channel) -> None:
-        if channel.label != "events":
-            return
-        self.events.attach(channel)
-        channel.on("message", self._on_message)
-        self.events.state(self.state)
-
-    def _on_track(self, track) -> None:
-        if track.kind == "audio":
-            shorten_mic_jitter_buffer(self.pc, track)
-            self.spawn(self._consume_mic(track), "mic")
-        else:
-            self.spawn(self._drain(track), "video-in")
-
-    async def _on_connection_state(self) -> None:
-        state = self.pc.connectionState
-        log.info("session %s: connection %s", self.id, state)
-        if state == "connected" and self.connected_at is None:
-            self.connected_at = time.time()
-            self.spawn(self._watch_peer(), "peer-watch")
-        elif state in ("failed", "closed"):
-            await self.close(f"peer {state}")
-
-    async def _watch_peer(self) -> None:
-        silence = await wait_for_silence(self.pc, self.config.peer_timeout_s)
-        await self.close(f"peer silent for {silence:.1f} s (tab closed or network lost)")
-
-    async def _connect_watchdog(self) -> None:
-        await asyncio.sleep(self.config.connect_timeout_s)
-        if self.connected_at is None:
-            await self.close(f"peer did not connect within {self.config.connect_timeout_s:.0f} s")
-
-    async def _consume_mic(self, track) -> None:
-        # Every received track must be read, or aiortc piles frames up.
-        try:
-            while True:
-                frame = await track.recv()
-                if self.mic_handler is not None:
-                    self.mic_handler(frame)
-        except MediaStreamError:
-            pass
-
-    async def _drain(self, track) -> None:
-        try:
-            while True:
-                await track.recv()
-        except MediaStreamError:
-            pass
+    async def remove_output(self, output_id: str, reason: str = "removed") -> bool:
+        """Stop one output; the session and its other outputs go on. False if there is none."""
+        output = self.outputs.get(output_id)
+        if output is None:
+            return False
+        if output.state != "finished":
+            await output.stop()
+        if output.state != "finished":  # a finished recording stays listed, with its download
+            self.outputs.pop(output_id, None)
+        log.info("session %s: output %s stopped (%s)", self.id, output_id, reason)
+        return True
 
     # ---- speech ------------------------------------------------------------------------
 
@@ -275,7 +255,8 @@ class Session:
 
     # ---- client messages ---------------------------------------------------------------
 
-    def _on_message(self, raw) -> None:
+    def handle_message(self, raw: str | bytes) -> None:
+        """One JSON message from a client channel (data channel, WebSocket)."""
         try:
             message = parse_client_message(raw)
         except BadMessage as exc:
@@ -288,8 +269,8 @@ class Session:
             text = validate_text(message.text, self.config.max_text_chars)
             if isinstance(message, SayMessage):
                 self.say(text)
-            elif self.on_chat is not None:
-                self.on_chat(text)
+            elif self.conversation is not None:
+                self.conversation.chat(text)
             else:
                 self.report_error("client", "chat is not available: the server runs without a reply model "
                                             "(--listen false)")
@@ -333,8 +314,7 @@ class Session:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.sink.stop()
-        await self.pc.close()
+        await asyncio.gather(*(o.stop() for o in self.outputs.values()), return_exceptions=True)
         if self.metrics is not None:
             self.metrics.session_ended(self)
         if self._on_closed is not None:
@@ -342,12 +322,16 @@ class Session:
 
     def describe(self) -> dict:
         s = self.stream.stats
+        outputs = [o.describe() for o in self.outputs.values()]
+        # The browser peer that made the session (if any): its figures stay where clients read them.
+        owner = next((o for o in outputs if o.get("owner")), None)
         return {
             "session_id": self.id,
             "mode": self.mode,
             "avatar": self.avatar,
             "state": self.state,
-            "connection": self.pc.connectionState,
+            "connection": owner["connection"] if owner is not None else None,
+            "listen": self.listen and self.conversation is not None,
             "age_s": round(time.time() - self.created, 1),
             "utterances_pending": list(self._utterances),
             "turns": [vars(t) for t in self.conversation.turns] if self.conversation is not None else [],
@@ -360,11 +344,9 @@ class Session:
                 "late_ticks": s.late_ticks,
                 "skipped_ticks": s.skipped_ticks,
                 "queue_depth": len(self.queue),
-                "video_sent": self.sink.video.sent,
-                "audio_sent": self.sink.audio.sent,
-                "video_dropped": self.sink.video.dropped,
-                "audio_dropped": self.sink.audio.dropped,
+                **(owner["stats"] if owner is not None else {}),
             },
+            "outputs": outputs,
         }
 
 

@@ -81,11 +81,8 @@ async def start_server(config: Config, bundle, conversation: bool = True):
     from aiohttp.test_utils import TestServer
 
     from rtc_server.app import make_app
-    from rtc_server.conversation import attach_conversation
 
-    app = make_app(config, bundle)
-    if conversation:
-        attach_conversation(app)
+    app = make_app(config, bundle, conversation=conversation)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     return f"http://127.0.0.1:{server.port}", app, server

@@ -1,0 +1,202 @@
+"""One H.264 + AAC encoding of a session's ticks, shared by every output that muxes it (HLS,
+recording, RTMP): each tick is encoded once, off the clock's thread.
+
+The clock hands frames over with `push` (never blocks; when the encoder falls more than its
+backlog behind, the oldest frames are dropped and counted). The encoder thread turns them
+into EncodedPackets, immutable and safe to hand to several muxer threads at once. Keyframes
+come every `gop` frames exactly (no scene-cut keyframes, no B-frames), so a segmenter can cut
+on each keyframe and every segment starts decodable.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import av
+import numpy as np
+
+from tracks.avframe import AVFrame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedPacket:
+    kind: str            # "video" | "audio"
+    data: bytes
+    pts: int
+    dts: int
+    time_base: Fraction
+    keyframe: bool
+
+    def to_av(self, stream: av.stream.Stream) -> av.Packet:
+        """A fresh av.Packet of this data for `stream` of some output container."""
+        packet = av.Packet(self.data)
+        packet.pts, packet.dts = self.pts, self.dts
+        packet.time_base = self.time_base
+        packet.is_keyframe = self.keyframe
+        packet.stream = stream
+        return packet
+
+
+PacketConsumer = Callable[[list[EncodedPacket]], None]
+
+
+@dataclass
+class FeedStats:
+    encoded: int = 0
+    dropped: int = 0          # ticks the encoder was too far behind to take
+    encode_seconds: float = 0.0
+
+
+class H264Feed:
+    """An AVSink: H.264 (libx264, zerolatency) + AAC packets of every tick, for all consumers."""
+
+    def __init__(self, width: int, height: int, fps: int, sample_rate: int, *, kbps: int = 800,
+                 gop: int = 25, backlog: int = 50) -> None:
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.gop = gop
+        # Encoders live in a container that is never written to: its streams are the templates
+        # (codec parameters, SPS/PPS) each muxer copies with add_stream_from_template.
+        self._templates = av.open(io.BytesIO(), "w", format="mp4")
+        video = self._templates.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.bit_rate = kbps * 1000
+        video.codec_context.options = {
+            "preset": "ultrafast", "tune": "zerolatency", "g": str(gop), "keyint_min": str(gop),
+            "sc_threshold": "0", "bf": "0", "threads": "1", "forced-idr": "1",
+        }
+        audio = self._templates.add_stream("aac", rate=sample_rate)
+        audio.layout = "mono"
+        audio.codec_context.bit_rate = 64_000
+        self._templates.start_encoding()
+        self.video_template, self.audio_template = video, audio
+        self._video_tb = Fraction(1, fps)
+        self._audio_tb = Fraction(1, sample_rate)
+        self._consumers: list[PacketConsumer] = []
+        self._lock = threading.Lock()
+        self._frames: deque[tuple[int, AVFrame]] = deque()
+        self._backlog = backlog
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._keyframe_wanted = False
+        self.stats = FeedStats()
+        self._thread = threading.Thread(target=self._run, name="h264-feed", daemon=True)
+        self._thread.start()
+
+    # ---- consumers ---------------------------------------------------------------------
+
+    def subscribe(self, consumer: PacketConsumer) -> None:
+        """`consumer` gets every later packet batch, from the encoder thread; it must not block."""
+        with self._lock:
+            self._consumers.append(consumer)
+
+    def unsubscribe(self, consumer: PacketConsumer) -> None:
+        with self._lock:
+            if consumer in self._consumers:
+                self._consumers.remove(consumer)
+
+    @property
+    def consumers(self) -> int:
+        return len(self._consumers)
+
+    def request_keyframe(self) -> None:
+        """Make the next frame a keyframe (a new output starts on it instead of a gop later)."""
+        self._keyframe_wanted = True
+
+    # ---- the clock's side --------------------------------------------------------------
+
+    def push(self, tick: int, frame: AVFrame) -> None:
+        with self._wake:
+            if len(self._frames) >= self._backlog:
+                self._frames.popleft()
+                self.stats.dropped += 1
+            self._frames.append((tick, frame))
+            self._wake.notify()
+
+    # ---- the encoder thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._frames and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                tick, frame = self._frames.popleft()
+            try:
+                start = time.perf_counter()
+                packets = self._encode(tick, frame)
+                self.stats.encode_seconds += time.perf_counter() - start
+                self.stats.encoded += 1
+            except Exception:  # a broken frame must not end the feed for every output
+                log.exception("H.264 feed: tick %d could not be encoded", tick)
+                continue
+            if packets:
+                with self._lock:
+                    consumers = list(self._consumers)
+                for consumer in consumers:
+                    consumer(packets)
+
+    def _encode(self, tick: int, frame: AVFrame) -> list[EncodedPacket]:
+        vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
+        vf.pts, vf.time_base = tick, self._video_tb
+        if self._keyframe_wanted:
+            self._keyframe_wanted = False
+            vf.pict_type = av.video.frame.PictureType.I
+        out = [self._packet("video", p) for p in self.video_template.encode(vf)]
+        pcm = np.ascontiguousarray(frame.audio, dtype=np.int16).reshape(1, -1)
+        af = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        af.sample_rate = self.sample_rate
+        # Audio pts follow the tick, so a dropped tick leaves a gap in both tracks alike.
+        af.pts, af.time_base = tick * (self.sample_rate // self.fps), self._audio_tb
+        out += [self._packet("audio", p) for p in self.audio_template.encode(af)]
+        return out
+
+    @staticmethod
+    def _packet(kind: str, packet: av.Packet) -> EncodedPacket:
+        return EncodedPacket(kind, bytes(packet), packet.pts, packet.dts, packet.time_base, packet.is_keyframe)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._frames.clear()
+            self._wake.notify()
+        self._thread.join(timeout=2)
+        with self._lock:
+            self._consumers.clear()
+
+
+class SharedFeed:
+    """The session's one H264Feed, made when the first output needs it and closed after the last."""
+
+    def __init__(self, make: Callable[[], H264Feed], attach: Callable[[H264Feed], None],
+                 detach: Callable[[H264Feed], None]) -> None:
+        self._make, self._attach, self._detach = make, attach, detach
+        self._feed: H264Feed | None = None
+        self._users = 0
+
+    def acquire(self) -> H264Feed:
+        if self._feed is None:
+            self._feed = self._make()
+            self._attach(self._feed)
+        self._users += 1
+        return self._feed
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and self._feed is not None:
+            feed, self._feed, self._users = self._feed, None, 0
+            self._detach(feed)
+            feed.close()
+
+    @property
+    def feed(self) -> H264Feed | None:
+        return self._feed
