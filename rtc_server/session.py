@@ -26,7 +26,9 @@ from rtc_server.speaker import Speaker, SpeechFailed, Voice, one_text
 from tracks.avframe import AVFrame
 from tracks.clock import MediaClock
 from tracks.frame_queue import FrameQueue
-from tracks.h264_feed import H264Feed, SharedFeed
+from tracks.encode_thread import SharedFeed
+from tracks.h264_feed import H264Feed
+from tracks.viewer_feed import ViewerFeed
 from tracks.stream import AVStream
 from tracks.sync_test import SyncTestPattern
 
@@ -107,6 +109,11 @@ class Session:
         self.encodings = SharedFeed(
             lambda: H264Feed(renderer.width, renderer.height, config.fps, config.sample_rate,
                              kbps=config.h264_kbps, gop=max(1, round(config.hls_segment_s * config.fps))),
+            attach=self.stream.attach, detach=self.stream.detach)
+        # One VP8 + Opus encoding for all WebRTC viewers (POST /sessions/{id}/viewers).
+        self.viewer_feed = SharedFeed(
+            lambda: ViewerFeed(self.clock, config.sample_rate, renderer.width, renderer.height,
+                               config.video_max_kbps, asyncio.get_running_loop()),
             attach=self.stream.attach, detach=self.stream.detach)
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
                                next_tick=lambda: self.stream.tick, tts_executor=work_executor,
@@ -314,7 +321,13 @@ class Session:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(o.stop() for o in self.outputs.values()), return_exceptions=True)
+        # One after another in this task: an output may be closing the session from one of its own
+        # tasks, which its stop must then leave alone (gather would run each stop in a new task).
+        for output in list(self.outputs.values()):
+            try:
+                await output.stop()
+            except Exception:
+                log.exception("session %s: output %s did not stop cleanly", self.id, output.id)
         if self.metrics is not None:
             self.metrics.session_ended(self)
         if self._on_closed is not None:

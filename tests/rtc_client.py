@@ -146,6 +146,25 @@ class AvatarClient:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         return answer
 
+    async def watch(self, session_id: str, token: str) -> dict:
+        """Join an existing session as a viewer: audio and video recvonly, no microphone."""
+        self.http = aiohttp.ClientSession()
+        self.session_id, self.token = session_id, token
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        for transceiver in self.pc.getTransceivers():
+            self._watch_wire(transceiver.receiver, transceiver.kind)
+        self.pc.on("track", self._on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        async with self.http.post(f"{self.base_url}/sessions/{session_id}/viewers", json=body,
+                                  headers=self.auth()) as resp:
+            answer = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"viewer refused: {resp.status} {answer}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
     def _watch_wire(self, receiver, kind: str) -> None:
         """Note when each RTP timestamp first arrives (test instrumentation, not a stand-in)."""
         handle = receiver._handle_rtp_packet

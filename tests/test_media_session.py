@@ -32,6 +32,14 @@ async def client(media_server):
     await c.close()
 
 
+def owner_peer(session):
+    """The WebRTC peer that made `session` (its browser's connection)."""
+    from rtc_server.outputs.webrtc import WebRtcPeer
+
+    (peer,) = [o for o in session.outputs.values() if isinstance(o, WebRtcPeer) and o.owner]
+    return peer
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
 
@@ -80,8 +88,8 @@ async def test_video_is_encoded_without_the_webcam_denoiser_under_the_bitrate_ca
     await c.connect()
     try:
         await c.wait_media()
-        session = app[SESSIONS][c.session_id]
-        (sender,) = [s for s in session.pc.getSenders() if s.track is session.sink.video]
+        peer = owner_peer(app[SESSIONS][c.session_id])
+        (sender,) = [s for s in peer.pc.getSenders() if s.track is peer.sink.video]
         encoder = sender._RTCRtpSender__encoder
         assert isinstance(encoder, RenderedVp8Encoder)
         encoder.target_bitrate = 5_000_000  # what a generous REMB would ask for
@@ -103,7 +111,7 @@ async def test_a_say_only_server_answers_without_asking_for_the_microphone(media
         await c.wait_media()
         audio_section = answer["sdp"].split("m=audio", 1)[1].split("m=", 1)[0]
         assert "a=sendonly" in audio_section, "the answer should take the avatar's voice down only"
-        (server_audio,) = [t for t in app[SESSIONS][c.session_id].pc.getTransceivers() if t.kind == "audio"]
+        (server_audio,) = [t for t in owner_peer(app[SESSIONS][c.session_id]).pc.getTransceivers() if t.kind == "audio"]
         assert server_audio.currentDirection == "sendonly"
         await asyncio.sleep(1.0)
         assert c.mic.count == 0, "the client must not be asked to send its microphone"
@@ -306,7 +314,7 @@ async def test_sender_reports_put_late_video_back_on_the_audio_timeline(media_se
     c = AvatarClient(base_url, keep_video=True)
     await c.connect(mode="sync-test")
     try:
-        send_late(app[SESSIONS][c.session_id].sink.video, 0.100)
+        send_late(owner_peer(app[SESSIONS][c.session_id]).sink.video, 0.100)
         await c.wait_media()
         await asyncio.sleep(7.0)
         r = c.received

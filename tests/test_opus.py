@@ -81,11 +81,11 @@ def test_sizes_opus_cannot_code_fall_back_to_aiortc_frames():
     assert not opus_frame_ok(48_000, 1600) and not opus_frame_ok(44_100, 882)
     with pytest.raises(ValueError, match="cannot code"):
         OpusPacketizer(48_000, 1600)
-    assert RtcSink(MediaClock(25), 48_000).opus is not None
+    assert RtcSink(MediaClock(25), 48_000).tick_audio.opus is not None
     clock = MediaClock(30)
     clock.start()
     sink = RtcSink(clock, 48_000)  # 1600 samples a tick: no 20 ms tiling, so aiortc's Opus encoder
-    assert sink.opus is None
+    assert sink.tick_audio.opus is None
     sink.push(0, _silent_frame(sink))
     (due, frame), = sink.audio._frames
     assert isinstance(frame, av.AudioFrame) and frame.samples == 1600
@@ -94,4 +94,4 @@ def test_sizes_opus_cannot_code_fall_back_to_aiortc_frames():
 def _silent_frame(sink: RtcSink):
     from tracks.avframe import AVFrame
 
-    return AVFrame(video=np.zeros((24, 16), np.uint8), audio=np.zeros(sink.samples_per_tick, np.int16))
+    return AVFrame(video=np.zeros((24, 16), np.uint8), audio=np.zeros(sink.tick_audio.samples_per_tick, np.int16))

@@ -10,10 +10,7 @@ on each keyframe and every segment starts decodable.
 from __future__ import annotations
 
 import io
-import logging
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -22,8 +19,7 @@ import av
 import numpy as np
 
 from tracks.avframe import AVFrame
-
-log = logging.getLogger(__name__)
+from tracks.encode_thread import EncodeThread
 
 
 @dataclass(frozen=True)
@@ -48,18 +44,14 @@ class EncodedPacket:
 PacketConsumer = Callable[[list[EncodedPacket]], None]
 
 
-@dataclass
-class FeedStats:
-    encoded: int = 0
-    dropped: int = 0          # ticks the encoder was too far behind to take
-    encode_seconds: float = 0.0
-
-
-class H264Feed:
+class H264Feed(EncodeThread):
     """An AVSink: H.264 (libx264, zerolatency) + AAC packets of every tick, for all consumers."""
+
+    name = "h264-feed"
 
     def __init__(self, width: int, height: int, fps: int, sample_rate: int, *, kbps: int = 800,
                  gop: int = 25, backlog: int = 50) -> None:
+        super().__init__(backlog)
         self.fps = fps
         self.sample_rate = sample_rate
         self.gop = gop
@@ -82,14 +74,8 @@ class H264Feed:
         self._audio_tb = Fraction(1, sample_rate)
         self._consumers: list[PacketConsumer] = []
         self._lock = threading.Lock()
-        self._frames: deque[tuple[int, AVFrame]] = deque()
-        self._backlog = backlog
-        self._wake = threading.Condition(self._lock)
-        self._closed = False
         self._keyframe_wanted = False
-        self.stats = FeedStats()
-        self._thread = threading.Thread(target=self._run, name="h264-feed", daemon=True)
-        self._thread.start()
+        self.start()
 
     # ---- consumers ---------------------------------------------------------------------
 
@@ -111,39 +97,15 @@ class H264Feed:
         """Make the next frame a keyframe (a new output starts on it instead of a gop later)."""
         self._keyframe_wanted = True
 
-    # ---- the clock's side --------------------------------------------------------------
-
-    def push(self, tick: int, frame: AVFrame) -> None:
-        with self._wake:
-            if len(self._frames) >= self._backlog:
-                self._frames.popleft()
-                self.stats.dropped += 1
-            self._frames.append((tick, frame))
-            self._wake.notify()
-
     # ---- the encoder thread ------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._frames and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-                tick, frame = self._frames.popleft()
-            try:
-                start = time.perf_counter()
-                packets = self._encode(tick, frame)
-                self.stats.encode_seconds += time.perf_counter() - start
-                self.stats.encoded += 1
-            except Exception:  # a broken frame must not end the feed for every output
-                log.exception("H.264 feed: tick %d could not be encoded", tick)
-                continue
-            if packets:
-                with self._lock:
-                    consumers = list(self._consumers)
-                for consumer in consumers:
-                    consumer(packets)
+    def encode(self, tick: int, frame: AVFrame) -> None:
+        packets = self._encode(tick, frame)
+        if packets:
+            with self._lock:
+                consumers = list(self._consumers)
+            for consumer in consumers:
+                consumer(packets)
 
     def _encode(self, tick: int, frame: AVFrame) -> list[EncodedPacket]:
         vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
@@ -165,38 +127,6 @@ class H264Feed:
         return EncodedPacket(kind, bytes(packet), packet.pts, packet.dts, packet.time_base, packet.is_keyframe)
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._frames.clear()
-            self._wake.notify()
-        self._thread.join(timeout=2)
+        super().close()
         with self._lock:
             self._consumers.clear()
-
-
-class SharedFeed:
-    """The session's one H264Feed, made when the first output needs it and closed after the last."""
-
-    def __init__(self, make: Callable[[], H264Feed], attach: Callable[[H264Feed], None],
-                 detach: Callable[[H264Feed], None]) -> None:
-        self._make, self._attach, self._detach = make, attach, detach
-        self._feed: H264Feed | None = None
-        self._users = 0
-
-    def acquire(self) -> H264Feed:
-        if self._feed is None:
-            self._feed = self._make()
-            self._attach(self._feed)
-        self._users += 1
-        return self._feed
-
-    def release(self) -> None:
-        self._users -= 1
-        if self._users <= 0 and self._feed is not None:
-            feed, self._feed, self._users = self._feed, None, 0
-            self._detach(feed)
-            feed.close()
-
-    @property
-    def feed(self) -> H264Feed | None:
-        return self._feed

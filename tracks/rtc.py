@@ -70,48 +70,64 @@ class TickTrack(MediaStreamTrack):
         self._ready.set()
 
 
-class RtcSink:
-    """Turns AVFrames into one video and one audio aiortc frame stream stamped from the tick."""
+class TickAudio:
+    """A tick's audio as the packets the audio track sends (Opus here where its packets tile a
+    tick: 25 fps at 48 kHz is 2 x 20 ms; raw frames for aiortc to encode otherwise), each with
+    its due time."""
 
     def __init__(self, clock: MediaClock, sample_rate: int) -> None:
         self.clock = clock
-        fps = clock.fps
-        self.fps = fps
         self.sample_rate = sample_rate
-        self.samples_per_tick = sample_rate // fps
+        self.samples_per_tick = sample_rate // clock.fps
         packet = int(sample_rate * AUDIO_PACKET_SECONDS)
-        # Split a tick's audio into 20 ms packets where it divides evenly (25 fps: 2 x 960).
-        self.audio_packet = packet if self.samples_per_tick % packet == 0 else self.samples_per_tick
-        self.video = TickTrack("video", max_buffered=3)
-        self.audio = TickTrack("audio", max_buffered=3 * self.samples_per_tick // self.audio_packet)
-        self._video_tb = Fraction(1, VIDEO_CLOCK)
-        self._audio_tb = Fraction(1, sample_rate)
-        # Opus here when its packets tile a tick (25 fps at 48 kHz: 2 x 20 ms); else aiortc encodes.
-        self.opus = OpusPacketizer(sample_rate, self.audio_packet) if opus_frame_ok(sample_rate, self.audio_packet) \
-            else None
+        self.packet_samples = packet if self.samples_per_tick % packet == 0 else self.samples_per_tick
+        self.packets_per_tick = self.samples_per_tick // self.packet_samples
+        self._tb = Fraction(1, sample_rate)
+        self.opus = OpusPacketizer(sample_rate, self.packet_samples) \
+            if opus_frame_ok(sample_rate, self.packet_samples) else None
 
-    def push(self, tick: int, frame: AVFrame) -> None:
-        vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
-        vf.pts = tick * VIDEO_CLOCK // self.fps
-        vf.time_base = self._video_tb
+    def packets(self, tick: int, audio: np.ndarray) -> list[tuple[av.Packet | av.AudioFrame, float]]:
         due = self.clock.due(tick)
-        self.video.put(vf, due)
         base = tick * self.samples_per_tick
-        audio = frame.audio
-        for offset in range(0, self.samples_per_tick, self.audio_packet):
-            pcm = audio[offset : offset + self.audio_packet]
-            self.audio.put(self._audio_out(pcm, base + offset), due + offset / self.sample_rate)
+        out = []
+        for offset in range(0, self.samples_per_tick, self.packet_samples):
+            pcm = audio[offset : offset + self.packet_samples]
+            out.append((self._out(pcm, base + offset), due + offset / self.sample_rate))
+        return out
 
-    def _audio_out(self, pcm: np.ndarray, pts: int) -> av.Packet | av.AudioFrame:
+    def _out(self, pcm: np.ndarray, pts: int) -> av.Packet | av.AudioFrame:
         if self.opus is not None:
             return self.opus.encode(pcm, pts)
         af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="mono")
         af.sample_rate = self.sample_rate
         af.pts = pts
-        af.time_base = self._audio_tb
+        af.time_base = self._tb
         return af
+
+
+def video_pts(tick: int, fps: int) -> int:
+    return tick * VIDEO_CLOCK // fps
+
+
+class RtcSink:
+    """Turns AVFrames into one video and one audio aiortc frame stream stamped from the tick."""
+
+    def __init__(self, clock: MediaClock, sample_rate: int) -> None:
+        self.clock = clock
+        self.fps = clock.fps
+        self.tick_audio = TickAudio(clock, sample_rate)
+        self.video = TickTrack("video", max_buffered=3)
+        self.audio = TickTrack("audio", max_buffered=3 * self.tick_audio.packets_per_tick)
+        self._video_tb = Fraction(1, VIDEO_CLOCK)
+
+    def push(self, tick: int, frame: AVFrame) -> None:
+        vf = av.VideoFrame.from_ndarray(frame.video, format="yuv420p")
+        vf.pts = video_pts(tick, self.fps)
+        vf.time_base = self._video_tb
+        self.video.put(vf, self.clock.due(tick))
+        for packet, due in self.tick_audio.packets(tick, frame.audio):
+            self.audio.put(packet, due)
 
     def stop(self) -> None:
         self.video.stop()
         self.audio.stop()
-

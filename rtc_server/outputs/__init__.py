@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rtc_server.outputs.base import Output, OutputError
 from rtc_server.outputs.publish import Published
@@ -15,7 +15,15 @@ class OutputSpec(BaseModel):
     """One output object of POST /sessions or POST /sessions/{id}/outputs."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["hls", "record", "rtmp"]
-    url: str | None = Field(None, pattern=r"^rtmps?://[^\s]+$", max_length=1000)
+    url: str | None = Field(None, pattern=r"^rtmps?://[^/\s]+/\S+$", max_length=1000)
+
+    @model_validator(mode="after")
+    def _url_for_rtmp(self) -> "OutputSpec":
+        if self.type == "rtmp" and self.url is None:
+            raise ValueError("an rtmp output needs a url: {\"type\": \"rtmp\", \"url\": \"rtmp://host/app/key\"}")
+        if self.type != "rtmp" and self.url is not None:
+            raise ValueError(f"a {self.type} output takes no url (the server makes its URL)")
+        return self
 
 
 def build_output(spec: OutputSpec, published: Published, recordings: "Recordings") -> Output:
@@ -28,8 +36,7 @@ def build_output(spec: OutputSpec, published: Published, recordings: "Recordings
         from rtc_server.outputs.record import RecordOutput
 
         return RecordOutput(published, recordings)
-    if spec.url is None:
-        raise OutputError("an rtmp output needs a url: {\"type\": \"rtmp\", \"url\": \"rtmp://host/app/key\"}")
+    assert spec.url is not None  # the spec's validator requires it
     from rtc_server.outputs.rtmp import RtmpOutput
 
     return RtmpOutput(spec.url)

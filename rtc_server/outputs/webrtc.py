@@ -16,11 +16,27 @@ from rtc_server.outputs.base import Output, OutputError
 from rtc_server.peer_watch import wait_for_silence
 from tracks.rtc import RtcSink
 from tracks.sender_reports import report_due_times
+from tracks.viewer_feed import ViewerTracks
 
 if TYPE_CHECKING:
     from rtc_server.session import Session
 
 log = logging.getLogger(__name__)
+
+
+def only_vp8(pc: RTCPeerConnection, sender: Any) -> None:
+    """Keep only VP8 (and its retransmission) on the video of `sender`, after the offer is set:
+    the shared viewer packets are VP8. (aiortc applies setCodecPreferences while it reads the
+    offer, before this transceiver exists, so its negotiated list is filtered instead.)"""
+    for transceiver in pc.getTransceivers():
+        if transceiver.sender is not sender:
+            continue
+        vp8 = [c for c in transceiver._codecs if c.mimeType.lower() == "video/vp8"]
+        if not vp8:
+            raise OfferError("a viewer's offer must accept VP8 video")
+        kept = {c.payloadType for c in vp8}
+        transceiver._codecs = [c for c in transceiver._codecs if c.payloadType in kept or (
+            c.mimeType.lower() == "video/rtx" and int(c.parameters.get("apt", -1)) in kept)]
 
 
 class OfferError(OutputError):
@@ -45,7 +61,8 @@ class WebRtcPeer(Output):
         self.owner = owner
         self._offer = (sdp, kind)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.sink: RtcSink | None = None
+        self.sink: RtcSink | None = None           # the owner's own encoding
+        self.viewer: ViewerTracks | None = None   # a viewer's share of the session's viewer feed
         self.answer: RTCSessionDescription | None = None
         self.connected_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -70,11 +87,22 @@ class WebRtcPeer(Output):
             raise OfferError("the SDP offer must carry one audio and one video transceiver "
                              f"(got {sorted(kinds) or 'none'}); see the client in static/client.html")
         config = session.config
-        self.sink = RtcSink(session.clock, config.sample_rate)
-        for track in (self.sink.audio, self.sink.video):
+        if self.owner:
+            # The owner's own encoder follows its browser's bandwidth feedback (REMB).
+            self.sink = RtcSink(session.clock, config.sample_rate)
+            tracks = (self.sink.audio, self.sink.video)
+        else:
+            feed = session.viewer_feed.acquire()
+            self.viewer = feed.add_viewer()
+            tracks = (self.viewer.audio, self.viewer.video)
+        for track in tracks:
             sender = pc.addTrack(track)
             if config.due_time_reports:
                 report_due_times(sender, track)
+            if self.viewer is not None and track.kind == "video":
+                # Packets are encoded once for all viewers: a viewer's PLI asks the shared encoder.
+                sender._send_keyframe = feed.request_keyframe
+                only_vp8(pc, sender)
         if not (self.owner and session.listen and session.conversation is not None):
             # Nobody hears this microphone: answering "sendonly" keeps the browser from sending
             # it, and this process from decoding 50 Opus packets a second for nothing.
@@ -84,7 +112,8 @@ class WebRtcPeer(Output):
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self.answer = pc.localDescription
-        session.stream.attach(self.sink)
+        if self.sink is not None:
+            session.stream.attach(self.sink)
         self._spawn(self._connect_watchdog(), "watchdog")
 
     def _on_datachannel(self, channel: Any) -> None:
@@ -175,16 +204,23 @@ class WebRtcPeer(Output):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.sink is not None:
             self.sink.stop()
+        if self.viewer is not None and self.session is not None:
+            feed = self.session.viewer_feed.feed
+            if feed is not None:
+                feed.remove_viewer(self.viewer)
+            self.session.viewer_feed.release()
+            self.viewer = None
         await self.pc.close()
 
     def stats(self) -> dict[str, Any]:
-        if self.sink is None:
+        tracks = self.sink or self.viewer
+        if tracks is None:
             return {}
         return {
-            "video_sent": self.sink.video.sent,
-            "audio_sent": self.sink.audio.sent,
-            "video_dropped": self.sink.video.dropped,
-            "audio_dropped": self.sink.audio.dropped,
+            "video_sent": tracks.video.sent,
+            "audio_sent": tracks.audio.sent,
+            "video_dropped": tracks.video.dropped,
+            "audio_dropped": tracks.audio.dropped,
         }
 
     def describe(self) -> dict[str, Any]:
