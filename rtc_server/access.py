@@ -54,7 +54,7 @@ class AccessPolicy:
     def needs_key(self, request: web.Request) -> bool:
         """Routes that create sessions, write or list server state."""
         path, method = request.path, request.method
-        if method == "POST" and path in ("/offer", "/avatars"):
+        if method == "POST" and path in ("/offer", "/avatars", "/sessions"):
             return True
         if path.startswith("/avatars/jobs/"):
             return True

@@ -32,6 +32,7 @@ async def call(method: str, url: str, **kw) -> tuple[int, dict, dict]:
 
 
 PROTECTED = [("POST", "/offer", {"json": {"sdp": "v=0", "type": "offer"}}),
+             ("POST", "/sessions", {"json": {"outputs": "none"}}),
              ("POST", "/avatars?name=someone", {"data": b"\x89PNG"}),
              ("GET", "/avatars/jobs/abc", {}),
              ("GET", "/metrics", {})]

@@ -36,7 +36,11 @@ class PacketWorker:
     def offer(self, packets: list[EncodedPacket]) -> None:
         with self._wake:
             if len(self._packets) + len(packets) > self._backlog:
-                self.dropped += len(packets)
+                # Too far behind (a stalled server, a slow disk): let this output skip ahead,
+                # alone, to the next keyframe.
+                log.warning("%s: %d packets behind; dropping them and going on from the next keyframe",
+                            self.name, len(self._packets))
+                self.dropped += len(self._packets) + len(packets)
                 self._packets.clear()
                 self._resync = True
                 return
