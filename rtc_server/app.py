@@ -39,6 +39,7 @@ MAX_BODY_BYTES = 256 * 1024          # JSON bodies
 MAX_AUDIO_BYTES = 16 * 1024 * 1024    # speak_audio uploads
 MAX_AUDIO_SECONDS = 120.0
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # avatar photos and videos
+PLAYLIST_WAIT_S = 4.0                # a new HLS output's first segment comes within ~1.5 s
 
 CONFIG = web.AppKey("config", Config)
 SESSIONS = web.AppKey("sessions", dict)
@@ -398,7 +399,16 @@ async def delete_session(request: web.Request) -> web.Response:
 
 async def published(request: web.Request) -> web.Response:
     """A playlist or segment at an output's capability URL (the key is the credential)."""
-    found = request.app[PUBLISHED].get(request.match_info["key"], request.match_info["name"])
+    key, name = request.match_info["key"], request.match_info["name"]
+    found = request.app[PUBLISHED].get(key, name)
+    if name.endswith(".m3u8"):
+        # A stream just made has no segment yet: answer when it has one (a player that gets an
+        # empty playlist reports an error and backs off).
+        for _ in range(int(PLAYLIST_WAIT_S / 0.05)):
+            if found is not None or not request.app[PUBLISHED].has(key):
+                break
+            await asyncio.sleep(0.05)
+            found = request.app[PUBLISHED].get(key, name)
     if found is None:
         raise HttpError(404, "no such stream or segment (it ended, or the URL is wrong)")
     body, content_type = found

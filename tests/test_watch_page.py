@@ -37,15 +37,20 @@ async def test_hls_js_in_chromium_plays_a_live_session(media_server):
             await page.goto(base_url + hls["watch"])
             await page.wait_for_function("() => window.watch && window.watch.state === 'playing'", timeout=30_000)
             first = await page.evaluate("() => window.watch.framesDecoded")
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(4.0)
             watch = await page.evaluate("() => ({...window.watch, latency: window.hls && window.hls.latency,"
                                         " width: document.getElementById('video').videoWidth})")
             print(f"hls.js: {watch}")
-            assert watch["framesDecoded"] - first >= 3.0 * 25 - 15, f"live playback stalled: {first} -> {watch}"
+            assert watch["framesDecoded"] - first >= 4.0 * 25 - 15, f"live playback stalled: {first} -> {watch}"
             assert watch["fragments"] >= 3 and watch["width"] > 0
             assert not errors, errors
-            # Everything the page loaded came from this server (no CDN).
-            assert all(url.startswith(base_url) for url in requests), [u for u in requests if not u.startswith(base_url)]
+            # Everything the page loaded came from this server (no CDN); hls.js makes its worker from a blob.
+            foreign = [u for u in requests if not u.startswith((base_url, "blob:" + base_url))]
+            assert not foreign, foreign
+            # The playlist is answered once it names a segment: the player never sees an empty one.
+            assert not any("levelEmpty" in e for e in watch["errors"]), watch["errors"]
+            # Played without a stall (hls.js keeps enough of a margin behind the live edge).
+            assert not any("Stalled" in e for e in watch["errors"]), watch["errors"]
         finally:
             await browser.close()
             await driver.stop()

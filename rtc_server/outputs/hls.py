@@ -91,7 +91,8 @@ class HlsOutput(FeedOutput):
 
     def serve(self, name: str) -> tuple[bytes, str] | None:
         if name == "index.m3u8":
-            return self.segments.playlist().encode(), PLAYLIST_TYPE
+            # None until the first segment exists (the route waits for it a little).
+            return (self.segments.playlist().encode(), PLAYLIST_TYPE) if self.segments.sequence else None
         if name == "init.mp4":
             return (self.segments.init, SEGMENT_TYPE) if self.segments.init is not None else None
         data = self.segments.segment(name)

@@ -81,7 +81,7 @@ class RecordOutput(FeedOutput):
 
     def serve(self, name: str) -> tuple[bytes, str] | None:
         if name == "index.m3u8":
-            return self.segments.playlist().encode(), PLAYLIST_TYPE
+            return (self.segments.playlist().encode(), PLAYLIST_TYPE) if self.segments.sequence else None
         if name == "init.mp4":
             return (self.segments.init, SEGMENT_TYPE) if self.segments.init is not None else None
         where = self.segments.segment(name)
