@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -29,6 +30,7 @@ from rtc_server.outputs.publish import Published
 from rtc_server.outputs.record import Recordings
 from rtc_server.outputs.webrtc import OfferError, WebRtcPeer
 from rtc_server.session import Session, SpeechQueueFull, validate_text
+from tracks.h264_feed import pick_encoder
 from tracks.vp8 import configure_vp8
 
 log = logging.getLogger(__name__)
@@ -496,6 +498,9 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     # cross-origin pages with their CORS headers.
     app = web.Application(middlewares=[access_middleware(AccessPolicy.from_config(config)), errors_as_json],
                           client_max_size=MAX_UPLOAD_BYTES)
+    if config.h264_encoder == "auto":
+        config = dataclasses.replace(config, h264_encoder=pick_encoder("auto"))
+        log.info("H.264 outputs use %s (--h264-encoder auto)", config.h264_encoder)
     app[CONFIG] = config
     configure_vp8(config.video_max_kbps)
     app[SESSIONS] = {}

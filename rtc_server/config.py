@@ -32,6 +32,7 @@ class Config:
     max_viewers: int = 8             # WebRTC viewers per session
     hls_segment_s: float = 1.0       # HLS segment length; the H.264 keyframe interval matches it
     h264_kbps: int = 800             # H.264 bitrate of HLS, recordings and RTMP pushes
+    h264_encoder: str = "libx264"    # libx264 | h264_nvenc | auto (NVENC when a GPU opens it)
     record_dir: Path | None = None   # where recordings are kept (default: a folder in the cache)
     # models
     avatar: str = "astronaut"
@@ -98,6 +99,8 @@ _HELP = {
     "max_viewers": "WebRTC viewers (POST /sessions/{id}/viewers) per session",
     "hls_segment_s": "HLS segment length in seconds (also the H.264 keyframe interval of HLS, recordings, RTMP)",
     "h264_kbps": "H.264 bitrate (kbit/s) of HLS outputs, recordings and RTMP pushes",
+    "h264_encoder": "H.264 encoder for HLS, recordings and RTMP: libx264, h264_nvenc (NVIDIA GPU), or auto "
+                    "(NVENC when this FFmpeg has it and a GPU opens it, else libx264)",
     "record_dir": "folder for recordings (record outputs); default: recordings/ in the cache folder",
     "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
     "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
@@ -191,6 +194,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--avatar-uploads must be auto, on or off, got {config.avatar_uploads!r}")
     if not 0.2 <= config.hls_segment_s <= 10:
         raise SystemExit(f"--hls-segment-s must be between 0.2 and 10, got {config.hls_segment_s}")
+    if config.h264_encoder not in ("libx264", "h264_nvenc", "auto"):
+        raise SystemExit(f"--h264-encoder must be libx264, h264_nvenc or auto, got {config.h264_encoder!r}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

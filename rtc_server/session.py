@@ -108,7 +108,8 @@ class Session:
         # its keyframe interval is the HLS segment length.
         self.encodings = SharedFeed(
             lambda: H264Feed(renderer.width, renderer.height, config.fps, config.sample_rate,
-                             kbps=config.h264_kbps, gop=max(1, round(config.hls_segment_s * config.fps))),
+                             kbps=config.h264_kbps, gop=max(1, round(config.hls_segment_s * config.fps)),
+                             encoder=config.h264_encoder),
             attach=self.stream.attach, detach=self.stream.detach)
         # One VP8 + Opus encoding for all WebRTC viewers (POST /sessions/{id}/viewers).
         self.viewer_feed = SharedFeed(

@@ -317,3 +317,54 @@ async def test_three_viewers_share_one_encoding_and_leave_the_first_peer_in_sync
     finally:
         for client in [*viewers, first]:
             await client.close()
+
+
+async def test_a_stalled_output_drops_its_own_packets_and_holds_up_nothing(media_server):
+    """An output whose writes hang (a server that accepts and never reads), injected on purpose:
+    the clock, the browser's peer and another output keep going; only the stalled one drops."""
+    import threading
+
+    from rtc_server.app import SESSIONS
+    from rtc_server.outputs.h264 import FeedOutput
+    from tracks.packet_worker import PacketWorker
+
+    release = threading.Event()
+
+    class Hanging(PacketWorker):
+        name = "hanging"
+
+        def handle(self, packet) -> None:
+            release.wait(30)
+
+    class HangingOutput(FeedOutput):
+        type = "hanging"
+
+        def make_worker(self, feed):
+            return Hanging(backlog=100)
+
+    base_url, app = media_server
+    client = AvatarClient(base_url)
+    try:
+        await client.connect(mode="sync-test")
+        await client.wait_media()
+        session = app[SESSIONS][client.session_id]
+        status, hls = await client.request("POST", f"/sessions/{client.session_id}/outputs", json={"type": "hls"})
+        assert status == 201
+        stalled = await session.add_output(HangingOutput())
+        late_before = session.stream.stats.late_ticks + session.stream.stats.skipped_ticks
+        frames_before = len(client.received.video_times)
+        segments_before = (await Api(client.http, base_url, client.session_id, client.token).output(hls["id"]))
+        await asyncio.sleep(6.0)
+        api = Api(client.http, base_url, client.session_id, client.token)
+        stuck = await api.output(stalled.id)
+        assert stuck["stats"]["dropped_packets"] > 100, stuck
+        assert len(client.received.video_times) - frames_before >= 6 * FPS - 10, "the browser's peer slowed"
+        assert session.stream.stats.late_ticks + session.stream.stats.skipped_ticks - late_before <= 2
+        healthy = await api.output(hls["id"])
+        assert healthy["stats"]["dropped_packets"] == 0
+        assert healthy["stats"]["segments"] - segments_before["stats"]["segments"] >= 5, (segments_before, healthy)
+        release.set()
+        await session.remove_output(stalled.id)
+    finally:
+        release.set()
+        await client.close()

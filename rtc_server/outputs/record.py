@@ -28,7 +28,8 @@ class Recordings:
     def add(self, token: str, output: "RecordOutput") -> None:
         self._by_id[output.id] = (token, output)
         while len(self._by_id) > self._keep:
-            self._by_id.popitem(last=False)
+            _, (_, oldest) = self._by_id.popitem(last=False)
+            oldest.unpublish()
 
     def find(self, output_id: str, token: str) -> "RecordOutput | None":
         entry = self._by_id.get(output_id)
@@ -91,6 +92,10 @@ class RecordOutput(FeedOutput):
         with open(self.path, "rb") as f:
             return os.pread(f.fileno(), length, offset), SEGMENT_TYPE
 
+    def unpublish(self) -> None:
+        """Stop serving the playlist (the file stays on disk)."""
+        self._published.remove(self.key)
+
     async def stop(self) -> None:
         if self.state in ("stopped", "finished"):
             return
@@ -101,7 +106,6 @@ class RecordOutput(FeedOutput):
         self.state = "finished"
 
     def describe(self) -> dict[str, Any]:
-        assert self.session is not None or True
         sid = self.session.id if self.session is not None else ""
         return {**super().describe(), "url": f"/live/{self.key}/index.m3u8", "watch": f"/watch/{self.key}",
                 "download": f"/sessions/{sid}/recordings/{self.id}.mp4"}

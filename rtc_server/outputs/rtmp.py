@@ -19,7 +19,7 @@ from tracks.muxer import MuxWorker
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 15.0
-IO_TIMEOUT_US = 5_000_000  # a server that stops reading fails the write after 5 s, then we reconnect
+IO_TIMEOUT_S = 5.0  # connecting to the server
 
 
 def redact(url: str) -> str:
@@ -43,9 +43,10 @@ class RtmpPush(MuxWorker):
         self._backoff = 1.0
 
     def open_container(self) -> av.container.OutputContainer:
-        container = av.open(self.url, "w", format="flv", timeout=IO_TIMEOUT_US / 1e6,
-                            options={"rw_timeout": str(IO_TIMEOUT_US), "flvflags": "no_duration_filesize"})
-        return container
+        # A server that accepts but stops reading blocks the writes of this thread only: its
+        # backlog then overflows and this push drops its own packets (PacketWorker).
+        return av.open(self.url, "w", format="flv", timeout=IO_TIMEOUT_S,
+                       options={"flvflags": "no_duration_filesize"})
 
     def handle(self, packet: EncodedPacket) -> None:
         if self.container is None and time.monotonic() < self._retry_at:
