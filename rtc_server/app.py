@@ -29,6 +29,7 @@ from rtc_server.outputs.base import OutputError
 from rtc_server.outputs.publish import Published
 from rtc_server.outputs.record import Recordings
 from rtc_server.outputs.webrtc import OfferError, WebRtcPeer
+from rtc_server.outputs.websocket import WebSocketClient
 from rtc_server.session import Session, SpeechQueueFull, validate_text
 from tracks.h264_feed import pick_encoder
 from tracks.vp8 import configure_vp8
@@ -203,11 +204,13 @@ def models_ready(app: web.Application) -> ModelBundle:
     return bundle
 
 
-def session_for(request: web.Request) -> Session:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HttpError(401, "missing token: send 'Authorization: Bearer <token>' from the /offer answer")
+def session_for(request: web.Request, token: str | None = None) -> Session:
+    """The session of the route, if `token` (default: the Bearer header) is its token."""
+    if token is None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HttpError(401, "missing token: send 'Authorization: Bearer <token>' from the /offer answer")
     session = request.app[SESSIONS].get(request.match_info["session_id"])
     # An id that does not exist and one whose token does not match answer alike, so that
     # neither tells a stranger which sessions are live.
@@ -301,14 +304,29 @@ async def create_session(request: web.Request) -> web.Response:
     body = await read_json(request, SessionBody)
     session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen)
     try:
-        outputs = [await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS])) for spec in body.outputs]
+        outputs = [await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS]))
+                   for spec in body.outputs]
         session.start()
+        session.spawn(close_when_unattended(session, request.app[CONFIG].idle_session_s), "unattended")
     except BaseException:
         await session.close("outputs failed")
         raise
     log.info("session %s: created without a browser (mode=%s, avatar=%s, outputs=%s)", session.id, session.mode,
              session.avatar, ",".join(o["type"] for o in outputs) or "none")
     return web.json_response({"session_id": session.id, "token": session.token, "outputs": outputs}, status=201)
+
+
+async def close_when_unattended(session: Session, idle_s: float, poll_s: float = 1.0) -> None:
+    """A session made without a browser ends after `idle_s` with nothing taking its output (no
+    socket, viewer, stream or running recording): a page that made it and went away frees its slot."""
+    idle = 0.0
+    while True:
+        await asyncio.sleep(poll_s)
+        attended = any(o.state not in ("stopped", "finished") for o in session.outputs.values())
+        idle = 0.0 if attended else idle + poll_s
+        if idle >= idle_s:
+            await session.close(f"nothing took its output for {idle_s:.0f} s (--idle-session-s)")
+            return
 
 
 async def post_output(request: web.Request) -> web.Response:
@@ -324,6 +342,27 @@ async def delete_output(request: web.Request) -> web.Response:
     if not await session.remove_output(request.match_info["output_id"], "deleted by client"):
         raise HttpError(404, "this session has no such output")
     return web.Response(status=204)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """GET /sessions/{id}/ws?token=...: the face stream and events out, mic audio and messages in.
+    (Browsers cannot set headers on a WebSocket: the token comes in the query, or as a Bearer header.)"""
+    token = request.query.get("token")
+    session = session_for(request, token) if token else session_for(request)
+    config = request.app[CONFIG]
+    clients = sum(1 for o in session.outputs.values() if o.type == "websocket")
+    if clients >= config.max_viewers:
+        raise HttpError(503, f"this session has {clients} socket clients (--max-viewers); try again later")
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
+    await ws.prepare(request)
+    client = WebSocketClient(ws, audio_rate=config.ws_audio_rate, quality=config.ws_jpeg_quality)
+    try:
+        await session.add_output(client)
+        log.info("session %s: socket client %s connected", session.id, client.id)
+        await client.receive()
+    finally:
+        await session.remove_output(client.id, "socket closed")
+    return ws
 
 
 async def post_viewer(request: web.Request) -> web.Response:
@@ -540,6 +579,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.on_shutdown.append(close_sessions)
     app.on_cleanup.append(stop_executor)
     app.router.add_get("/", index)
+    app.router.add_get("/ws", lambda request: web.FileResponse(STATIC_DIR / "ws.html"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/avatars", list_avatars)
@@ -550,6 +590,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.router.add_post("/sessions/{session_id}/outputs", post_output)
     app.router.add_delete("/sessions/{session_id}/outputs/{output_id}", delete_output)
     app.router.add_post("/sessions/{session_id}/viewers", post_viewer)
+    app.router.add_get("/sessions/{session_id}/ws", websocket)
     app.router.add_get("/sessions/{session_id}/recordings/{output_id}.mp4", download_recording)
     app.router.add_get("/live/{key}/{name}", published)
     app.router.add_get("/watch/{key}", watch_page)

@@ -34,6 +34,9 @@ class Config:
     h264_kbps: int = 800             # H.264 bitrate of HLS, recordings and RTMP pushes
     h264_encoder: str = "libx264"    # libx264 | h264_nvenc | auto (NVENC when a GPU opens it)
     record_dir: Path | None = None   # where recordings are kept (default: a folder in the cache)
+    ws_audio_rate: int = 24_000      # audio rate of the WebSocket face stream
+    ws_jpeg_quality: int = 80        # JPEG quality of its face regions
+    idle_session_s: float = 60.0     # a POST /sessions session with no output this long ends
     # models
     avatar: str = "astronaut"
     avatar_dir: Path | None = None   # where prepared avatars live
@@ -102,6 +105,10 @@ _HELP = {
     "h264_encoder": "H.264 encoder for HLS, recordings and RTMP: libx264, h264_nvenc (NVIDIA GPU), or auto "
                     "(NVENC when this FFmpeg has it and a GPU opens it, else libx264)",
     "record_dir": "folder for recordings (record outputs); default: recordings/ in the cache folder",
+    "ws_audio_rate": "audio sample rate (Hz) of the WebSocket face stream: 48000, 24000, 16000 or 12000",
+    "ws_jpeg_quality": "JPEG quality (1-95) of the face regions on the WebSocket",
+    "idle_session_s": "seconds a session made by POST /sessions may have no output (no socket, viewer, HLS, "
+                      "RTMP or recording) before it ends and frees its slot",
     "video_max_kbps": "upper bound (kbit/s) for the VP8 bitrate the browser's feedback may ask for",
     "due_time_reports": "stamp RTCP sender reports with each frame's due time so browsers keep lip sync "
                         "when a track is sent late (false: aiortc's send times)",
@@ -196,6 +203,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--hls-segment-s must be between 0.2 and 10, got {config.hls_segment_s}")
     if config.h264_encoder not in ("libx264", "h264_nvenc", "auto"):
         raise SystemExit(f"--h264-encoder must be libx264, h264_nvenc or auto, got {config.h264_encoder!r}")
+    if config.ws_audio_rate not in (48_000, 24_000, 16_000, 12_000):
+        raise SystemExit(f"--ws-audio-rate must be 48000, 24000, 16000 or 12000, got {config.ws_audio_rate}")
+    if not 1 <= config.ws_jpeg_quality <= 95:
+        raise SystemExit(f"--ws-jpeg-quality must be 1-95, got {config.ws_jpeg_quality}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config
