@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
+from models.lipsync.cues import CueRenderer
 from models.threads import lower_thread_priority
 from models.tts import default_cache_dir
 from rtc_server.access import AccessPolicy, access_middleware
@@ -68,6 +69,7 @@ class OfferBody(BaseModel):
     avatar: str | None = Field(None, pattern=AVATAR_NAME)
     voice: str | None = Field(None, max_length=200)
     mode: Literal["normal", "sync-test"] = "normal"
+    visemes: bool = False
 
 
 class SessionBody(BaseModel):
@@ -77,6 +79,7 @@ class SessionBody(BaseModel):
     voice: str | None = Field(None, max_length=200)
     mode: Literal["normal", "sync-test"] = "normal"
     listen: bool = True
+    visemes: bool = False
     outputs: list[OutputSpec] = Field(default_factory=list, max_length=8)
 
 
@@ -245,14 +248,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def new_session(app: web.Application, avatar: str | None, voice: str | None, mode: str,
-                      listen: bool = True) -> Session:
+                      listen: bool = True, visemes: bool = False) -> Session:
     """A started session, counted against --max-sessions; 400/503 when it cannot be made."""
     config = app[CONFIG]
     bundle = models_ready(app)
     if len(app[SESSIONS]) >= config.max_sessions:
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     try:
-        renderer = await app[AVATARS].renderer(bundle, avatar)
+        # Viseme mode: the client draws the avatar from mouth cues; the server renders nothing.
+        renderer = CueRenderer(config.fps) if visemes else await app[AVATARS].renderer(bundle, avatar)
     except UnknownAvatar as exc:
         raise HttpError(400, str(exc.args[0])) from None
     except (OSError, ValueError) as exc:
@@ -285,7 +289,7 @@ async def add_output(session: Session, output) -> dict:
 
 async def offer(request: web.Request) -> web.Response:
     body = await read_json(request, OfferBody)
-    session = await new_session(request.app, body.avatar, body.voice, body.mode)
+    session = await new_session(request.app, body.avatar, body.voice, body.mode, visemes=body.visemes)
     peer = WebRtcPeer(body.sdp, body.type, owner=True)
     try:
         await add_output(session, peer)
@@ -302,7 +306,7 @@ async def offer(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     """POST /sessions: a session that no browser made (an announcer, a live stream, a recording)."""
     body = await read_json(request, SessionBody)
-    session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen)
+    session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen, body.visemes)
     try:
         outputs = [await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS]))
                    for spec in body.outputs]

@@ -118,7 +118,7 @@ class Session:
             attach=self.stream.attach, detach=self.stream.detach)
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
                                next_tick=lambda: self.stream.tick, tts_executor=work_executor,
-                               lead_words=config.lead_words)
+                               lead_words=config.lead_words, on_cues=self._on_cues)
         self.state: State = "idle"
         self.outputs: dict[str, Output] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -248,6 +248,12 @@ class Session:
             self.set_state("speaking")
         elif uid in self._utterances:
             self._end_utterance(uid, interrupted=False)
+
+    def _on_cues(self, uid: str, start_tick: int, cues: list) -> None:
+        """Mouth cues of a chunk about to play (viseme mode), on the audio's media time."""
+        offset = start_tick / self.config.fps
+        self.events.send({"type": "visemes", "utterance_id": uid, "start": round(offset, 3),
+                          "cues": [cue.to_json(offset) for cue in cues]})
 
     def _end_utterance(self, uid: str, interrupted: bool) -> None:
         self._utterances.pop(uid, None)

@@ -66,6 +66,7 @@ class Speaker:
         next_tick: "TickSource",
         tts_executor: Executor | None = None,
         lead_words: int = 0,
+        on_cues: "CueCallback | None" = None,
     ) -> None:
         self.voice = voice
         self.renderer = renderer
@@ -76,6 +77,7 @@ class Speaker:
         self.next_tick = next_tick
         self.lead_words = lead_words  # longest opening phrase synthesized on its own (0: whole sentences)
         self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
+        self.on_cues = on_cues    # mouth cues of each chunk, from renderers that make them (viseme mode)
 
     async def speak(self, utterance_id: str, texts: AsyncIterable[str],
                     on_first_audio: Callable[[], None] | None = None) -> int:
@@ -119,6 +121,9 @@ class Speaker:
                     source = await loop.run_in_executor(self.executor, self.renderer.begin, chunk, start_tick)
                 except Exception as exc:
                     raise SpeechFailed("render", exc) from exc
+                cues = getattr(source, "cues", None)
+                if cues is not None and self.on_cues is not None:
+                    self.on_cues(utterance_id, start_tick, cues)  # ahead of the chunk's first frame
                 audio = split_ticks(chunk.audio, self.samples_per_tick)
                 n = min(source.n_frames, len(audio))
                 last_video = None  # each chunk opens with a rendered batch
@@ -173,6 +178,9 @@ class Speaker:
             await out.put(exc)
             return
         await out.put(None)
+
+
+CueCallback = Callable[[str, int, list], None]  # (utterance id, first tick of the chunk, its MouthCues)
 
 
 class TickSource(Protocol):

