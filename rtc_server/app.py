@@ -584,6 +584,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.on_cleanup.append(stop_executor)
     app.router.add_get("/", index)
     app.router.add_get("/ws", lambda request: web.FileResponse(STATIC_DIR / "ws.html"))
+    app.router.add_get("/visemes", lambda request: web.FileResponse(STATIC_DIR / "visemes.html"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/avatars", list_avatars)

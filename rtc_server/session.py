@@ -352,6 +352,7 @@ class Session:
             "state": self.state,
             "connection": owner["connection"] if owner is not None else None,
             "listen": self.listen and self.conversation is not None,
+            "renderer": type(self.renderer).__name__,
             "age_s": round(time.time() - self.created, 1),
             "utterances_pending": list(self._utterances),
             "turns": [vars(t) for t in self.conversation.turns] if self.conversation is not None else [],

@@ -35,6 +35,7 @@ export class AvatarSocket {
     this.sources = [];
     this.backoff = 500;
     this.loud = false;
+    this.loudness = [];       // [audio-clock time heard, RMS] per animation frame, while sound plays
   }
 
   get listening() { return this.options.session?.listen !== false; }
@@ -113,7 +114,8 @@ export class AvatarSocket {
   }
 
   onText(event) {
-    this.events.push({ ...event, at: performance.now() });
+    // (with the audio clock at arrival: cues must come before their media time is heard)
+    this.events.push({ ...event, at: performance.now(), clock: this.audio ? this.audio.currentTime : null });
     if (event.type === "hello") {
       this.hello = event;
       this.base = null;
@@ -171,6 +173,14 @@ export class AvatarSocket {
     // audio clock, plus the output latency.
     if (!this.audio) return;
     this.analyser.getFloatTimeDomainData(this.wave);
+    let sum = 0;
+    for (let i = 0; i < this.wave.length; i++) sum += this.wave[i] * this.wave[i];
+    if (sum > 0) {
+      // RMS of the window that ends now, heard at its middle.
+      const heard = this.audio.currentTime - this.wave.length / 2 / this.audio.sampleRate + (this.audio.outputLatency || 0);
+      this.loudness.push([heard, Math.sqrt(sum / this.wave.length)]);
+      if (this.loudness.length > 20000) this.loudness.splice(0, 10000);
+    }
     let first = -1;
     for (let i = 0; i < this.wave.length; i++) if (Math.abs(this.wave[i]) > 0.2) { first = i; break; }
     if (first >= 0 && !this.loud) {
