@@ -106,3 +106,52 @@ async def test_the_mouth_drawn_in_the_page_follows_the_cues_and_the_voice(media_
     assert state["renderer"] == "CueRenderer"
     (socket,) = [o for o in state["outputs"] if o["type"] == "websocket"]
     assert socket["stats"]["jpeg_bytes"] < 2000, socket["stats"]  # one blank 16x16 picture
+
+
+async def test_a_glb_with_viseme_morph_targets_is_driven_by_the_cues(media_server, chromium):
+    """A model from another server (CORS allowed), loaded by the vendored three.js GLTFLoader."""
+    from aiohttp import web
+
+    from tests.glb import mouth_glb
+
+    base_url, _ = media_server
+    model = mouth_glb()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=model, headers={"Content-Type": "model/gltf-binary", "Access-Control-Allow-Origin": "*"})
+
+    app = web.Application()
+    app.router.add_get("/mouth.glb", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    glb_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/mouth.glb"
+    try:
+        page = await (await chromium.new_context(viewport=DESKTOP)).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{base_url}/visemes?listen=false&glb={glb_url}")
+        await page.wait_for_function("() => window.visemeClient && (visemeClient.model || visemeClient.modelError)",
+                                     timeout=30_000)
+        loaded = await page.evaluate("() => visemeClient.modelError || ({oculus: visemeClient.model.oculus,"
+                                     " names: visemeClient.model.names, webgl: visemeClient.model.webgl,"
+                                     " error: visemeClient.model.webglError})")
+        assert isinstance(loaded, dict), loaded
+        assert loaded["oculus"] and "viseme_aa" in loaded["names"], loaded
+        await page.wait_for_function("() => visemeClient.state === 'idle'", timeout=30_000)
+        await page.evaluate("(t) => visemeClient.say(t)", TEXT)
+        samples = []
+        for _ in range(40):  # while it speaks: the model shows the viseme being heard, alone
+            await asyncio.sleep(0.05)
+            samples.append(await page.evaluate("() => ({current: visemeClient.model.current, shown: visemeClient.model.shown})"))
+        speaking = [s for s in samples if s["current"] not in (None, "sil")]
+        assert len(speaking) >= 10, samples
+        names = {"ih": "viseme_I", "oh": "viseme_O", "ou": "viseme_U"}
+        for s in speaking:
+            expected = names.get(s["current"], f"viseme_{s['current']}")
+            assert list(s["shown"]) == [expected], s
+        print(f"GLB: webgl {loaded['webgl']} {loaded['error'] or ''}; {len(speaking)} samples while speaking")
+        assert not errors, errors
+    finally:
+        await runner.cleanup()
