@@ -116,7 +116,8 @@ class Speaker:
                 if on_first_audio is not None:
                     on_first_audio()
                     on_first_audio = None
-                start_tick = self.next_tick() + len(self.queue)
+                # (the frame held back, not yet in the queue, plays before this chunk too)
+                start_tick = self.next_tick() + len(self.queue) + (held is not None)
                 try:
                     source = await loop.run_in_executor(self.executor, self.renderer.begin, chunk, start_tick)
                 except Exception as exc:
