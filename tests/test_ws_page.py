@@ -59,7 +59,8 @@ async def test_sync_test_beep_and_white_picture_land_on_the_same_tick(media_serv
               f"{[round(o * 1000, 1) for o in offsets]}, {client['bytes']} bytes in {client['ticks']} ticks")
         assert len(offsets) >= 3, (flashes, beeps)
         assert max(abs(o) for o in offsets) <= FRAME_S, offsets
-        assert client["ticks"] >= 7 * 25 - 10 and client["painted"] >= 3
+        # (the dark silent ticks between the marks change nothing: one message a second is sent)
+        assert client["ticks"] >= 7 and client["painted"] >= 3
         assert not errors, errors
     finally:
         await chromium.close()

@@ -129,6 +129,7 @@ class FaceStreamEncoder(EncodeThread):
             raise ValueError(f"the face stream's audio rate must divide {sample_rate} Hz into whole ticks")
         self._step = sample_rate // audio_rate
         self._restart = False
+        self._last_sent = -fps
         self.bytes_jpeg = 0
         self.start()
 
@@ -141,6 +142,11 @@ class FaceStreamEncoder(EncodeThread):
             self._restart = False
             self._regions.reset()
         full, box = self._regions.update(frame.video)
+        if box is None and not frame.audio.any() and tick - self._last_sent < self.fps:
+            # Nothing to see or hear: no message (a still, silent avatar costs nothing to send),
+            # but one a second, so the client knows the clock is going.
+            return
+        self._last_sent = tick
         jpeg = jpeg_of(frame.video, self.height, box, self.quality) if box is not None else b""
         self.bytes_jpeg += len(jpeg)
         self._deliver(FaceTick(tick, tick / self.fps, full, box, jpeg, self._audio(frame.audio),
