@@ -130,12 +130,22 @@ class FaceStreamEncoder(EncodeThread):
         self._step = sample_rate // audio_rate
         self._restart = False
         self._last_sent = -fps
+        self._last_video: object = None
         self.bytes_jpeg = 0
         self.start()
 
     def send_full_picture(self) -> None:
         """The next tick carries the whole picture (a client (re)joined)."""
         self._restart = True
+
+    def push(self, tick: int, frame: AVFrame) -> None:
+        # The very same picture as the tick before, and silence: nothing to do, and no reason to
+        # wake the encoder thread (a viseme session's blank frame, an unchanging pattern).
+        same = frame.video is self._last_video
+        self._last_video = frame.video
+        if same and not self._restart and tick - self._last_sent < self.fps and not frame.audio.any():
+            return
+        super().push(tick, frame)
 
     def encode(self, tick: int, frame: AVFrame) -> None:
         if self._restart:

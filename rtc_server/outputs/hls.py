@@ -68,6 +68,16 @@ class SegmentList:
                     return data
         return None
 
+    def serve(self, name: str, read=lambda data: data) -> tuple[bytes, str] | None:
+        """The playlist (None until it names a segment: the route waits for one a little), the
+        init segment, or a segment, whose stored data `read` turns into bytes."""
+        if name == "index.m3u8":
+            return (self.playlist().encode(), PLAYLIST_TYPE) if self.sequence else None
+        if name == "init.mp4":
+            return (self.init, SEGMENT_TYPE) if self.init is not None else None
+        data = self.segment(name)
+        return (read(data), SEGMENT_TYPE) if data is not None else None
+
     @property
     def seconds(self) -> float:
         with self._lock:
@@ -84,19 +94,10 @@ class HlsOutput(FeedOutput):
         super().__init__()
         self._published = published
         self.segments = SegmentList(window=self.WINDOW)
-        self.key = published.add(self.serve)
+        self.key = published.add(self.segments.serve)
 
     def make_worker(self, feed: H264Feed) -> Fmp4Segmenter:
         return Fmp4Segmenter(feed, self.segments.add_init, self.segments.add)
-
-    def serve(self, name: str) -> tuple[bytes, str] | None:
-        if name == "index.m3u8":
-            # None until the first segment exists (the route waits for it a little).
-            return (self.segments.playlist().encode(), PLAYLIST_TYPE) if self.segments.sequence else None
-        if name == "init.mp4":
-            return (self.segments.init, SEGMENT_TYPE) if self.segments.init is not None else None
-        data = self.segments.segment(name)
-        return (data, SEGMENT_TYPE) if data is not None else None
 
     async def stop(self) -> None:
         self._published.remove(self.key)

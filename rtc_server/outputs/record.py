@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rtc_server.outputs.h264 import FeedOutput
-from rtc_server.outputs.hls import PLAYLIST_TYPE, SEGMENT_TYPE, SegmentList
+from rtc_server.outputs.hls import SegmentList
 from rtc_server.outputs.publish import Published
 from tracks.fmp4 import Fmp4Segmenter
 from tracks.h264_feed import H264Feed
@@ -81,16 +81,13 @@ class RecordOutput(FeedOutput):
         return offset
 
     def serve(self, name: str) -> tuple[bytes, str] | None:
-        if name == "index.m3u8":
-            return (self.segments.playlist().encode(), PLAYLIST_TYPE) if self.segments.sequence else None
-        if name == "init.mp4":
-            return (self.segments.init, SEGMENT_TYPE) if self.segments.init is not None else None
-        where = self.segments.segment(name)
-        if where is None or self.path is None:
-            return None
+        return self.segments.serve(name, read=self._read)
+
+    def _read(self, where: tuple[int, int]) -> bytes:
         offset, length = where
+        assert self.path is not None
         with open(self.path, "rb") as f:
-            return os.pread(f.fileno(), length, offset), SEGMENT_TYPE
+            return os.pread(f.fileno(), length, offset)
 
     def unpublish(self) -> None:
         """Stop serving the playlist (the file stays on disk)."""
