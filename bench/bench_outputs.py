@@ -112,7 +112,7 @@ async def in_process_server(folder: Path):
     from rtc_server.app import make_app
     from rtc_server.config import Config
 
-    config = Config(port=0, listen=False, record_dir=folder / "rec")
+    config = Config(port=0, listen=False, record_dir=folder / "rec", sessions_per_min=0)
     app = make_app(config, load_models(config))
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()

@@ -502,7 +502,7 @@ async def bench_breakdown(quick: bool, gate: QuietGate) -> dict:
     from tests.conftest import start_server
 
     section("3b. where /say -> first frame goes (server in this process, stages timed by wrappers)")
-    config = Config(port=0, listen=False, max_sessions=2)
+    config = Config(port=0, listen=False, max_sessions=2, sessions_per_min=0)
     bundle = load_models(config, progress=lambda msg: None)
     marks = _Marks()
     bundle.tts = _TimedVoice(bundle.tts, marks)

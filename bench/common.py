@@ -61,7 +61,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = OUT / f"server-{name}.log"
-        self.args = [sys.executable, str(ROOT / "run.py"), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        # No rate limits: a bench connects far more often than a person (flags given in args win).
+        self.args = [sys.executable, str(ROOT / "run.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                     "--sessions-per-min", "0", "--uploads-per-min", "0", *args]
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from rtc_server.rate_limit import RateLimiter
+
 API_KEY_HEADER = "X-API-Key"
 CORS_HEADERS = "Content-Type, Authorization, X-API-Key"
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -78,8 +80,18 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def access_middleware(policy: AccessPolicy):
-    """Refuses foreign origins and missing keys before any handler runs; adds CORS headers."""
+def is_session_start(request: web.Request) -> bool:
+    """Requests that start media work: a session, a viewer, a socket."""
+    path = request.path
+    if request.method == "POST":
+        return path in ("/offer", "/sessions") or (path.startswith("/sessions/") and path.endswith("/viewers"))
+    return request.method == "GET" and path.startswith("/sessions/") and path.endswith("/ws")
+
+
+def access_middleware(policy: AccessPolicy, sessions_per_min: float = 0, uploads_per_min: float = 0):
+    """Refuses foreign origins, missing keys and clients over their rate before any handler runs;
+    adds CORS headers. The rate limiters belong to this middleware (one app, one set)."""
+    starts, uploads = RateLimiter(sessions_per_min), RateLimiter(uploads_per_min)
 
     @web.middleware
     async def guard(request: web.Request, handler):
@@ -94,6 +106,16 @@ def access_middleware(policy: AccessPolicy):
         if request.method == "POST" and request.path == "/avatars" and not policy.avatar_writes:
             return error(403, "avatar uploads are off on this server (they are on for loopback-only servers "
                               "or with --api-key; --avatar-uploads on forces them)")
+        limiter = starts if is_session_start(request) else uploads if (
+            request.method == "POST" and request.path == "/avatars") else None
+        if limiter is not None:
+            wait = limiter.take(request.remote or "?")
+            if wait > 0:
+                what = "new sessions" if limiter is starts else "avatar uploads"
+                response = error(429, f"too many {what} from this address; retry in {wait:.0f} s "
+                                      "(--sessions-per-min, --uploads-per-min)")
+                response.headers["Retry-After"] = str(max(1, round(wait)))
+                return response
         response = await handler(request)
         if origin is not None:
             response.headers.update(_cors(origin))

@@ -539,7 +539,8 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     models loaded allow it."""
     # The access check runs first, and outside the error handler so that errors reach allowed
     # cross-origin pages with their CORS headers.
-    app = web.Application(middlewares=[access_middleware(AccessPolicy.from_config(config)), errors_as_json],
+    guard = access_middleware(AccessPolicy.from_config(config), config.sessions_per_min, config.uploads_per_min)
+    app = web.Application(middlewares=[guard, errors_as_json],
                           client_max_size=MAX_UPLOAD_BYTES)
     if config.h264_encoder == "auto":
         config = dataclasses.replace(config, h264_encoder=pick_encoder("auto"))

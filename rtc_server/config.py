@@ -24,6 +24,8 @@ class Config:
     metrics_public: bool = False     # /metrics without the API key
     avatar_uploads: str = "auto"     # auto (loopback-only servers, or with an API key) | on | off
     allowed_origins: str = ""        # other sites whose pages may call the API, comma-separated
+    sessions_per_min: float = 30.0   # per client address: offers, POST /sessions, viewers, sockets (0: no limit)
+    uploads_per_min: float = 6.0     # per client address: avatar uploads (0: no limit)
     connect_timeout_s: float = 10.0  # a peer that never connects is dropped
     peer_timeout_s: float = 4.0      # a connected peer that sends nothing this long is gone
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
@@ -95,6 +97,9 @@ _HELP = {
     "avatar_uploads": "POST /avatars: auto (allowed when listening on loopback only, or with --api-key), on, off",
     "allowed_origins": "comma-separated origins (https://site.example) of other sites' pages allowed to call "
                        "the API from a browser; the server's own page is always allowed",
+    "sessions_per_min": "new sessions, viewers and sockets one client address may start a minute (a burst of as "
+                        "many, then one every 60/N s; 429 with Retry-After beyond); 0: no limit",
+    "uploads_per_min": "avatar uploads one client address may make a minute; 0: no limit",
     "body_timeout_s": "seconds a request body may take to arrive (uploads get 6 times as long) before 408",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
     "peer_timeout_s": "seconds without a packet from a connected peer (it sends RTCP every second) before its "

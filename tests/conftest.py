@@ -39,9 +39,10 @@ def avatar(detector):
 @pytest.fixture(scope="session")
 def media_config() -> Config:
     """Settings of the say-only server used by the media tests."""
-    # A short body timeout so the test of a stalled body answers in seconds.
+    # A short body timeout so the test of a stalled body answers in seconds. No rate limits: the
+    # whole suite connects from one address (tests/test_access.py tests the limits).
     return Config(port=0, max_sessions=3, listen=False, connect_timeout_s=15.0, body_timeout_s=3.0,
-                  max_queued_utterances=6)
+                  max_queued_utterances=6, sessions_per_min=0, uploads_per_min=0)
 
 
 @pytest.fixture(scope="session")
