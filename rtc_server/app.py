@@ -507,6 +507,12 @@ async def upload_avatar(request: web.Request) -> web.Response:
     overwrite = request.query.get("overwrite", "0").lower() in ("1", "true", "yes")
     if library.store.exists(name) and not overwrite:
         raise HttpError(409, f"avatar {name!r} exists; add overwrite=1 to replace it")
+    from models.avatar.prepare import PrepareError, refuse_huge_image
+
+    try:
+        refuse_huge_image(data, "the upload")  # from the header: nothing is decoded for it
+    except PrepareError as exc:
+        raise HttpError(413, str(exc)) from None
     job = library.start_prepare(data, name, filename, overwrite)
     return web.json_response(job.to_json(), status=202)
 

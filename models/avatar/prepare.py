@@ -58,7 +58,7 @@ class _MissingFacesError(NoFaceError):
 class PrepareError(ValueError):
     """The input cannot become an avatar; the message names the cause and the fix.
 
-    reason: unreadable | empty | no_face | several_faces | face_too_small | missing_faces | name | exists
+    reason: unreadable | empty | too_large | no_face | several_faces | face_too_small | missing_faces | name | exists
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -81,6 +81,7 @@ def prepare(
     what = _describe(source, source_name)
     _check_target(store, name, overwrite)
     data = _read_bytes(source, what)
+    refuse_huge_image(data, what)  # before anything decodes it, Pillow or FFmpeg
     image_error = _sniff_image(data)
     if image_error is None:
         return prepare_image(data, name, store, detector, progress, overwrite=overwrite, source_name=what)
@@ -166,6 +167,7 @@ def prepare_video(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         duration = _duration(container, stream)
+        refuse_huge_video(stream, duration, what)
         max_frames = max(1, int(round(max_seconds * target_fps)))
         expected = min(max_frames, int(round(duration * target_fps))) if duration else 0
         detector = detector or LandmarkDetector()
@@ -533,10 +535,49 @@ def _sniff_image(data: bytes) -> str | None:
         return str(err)
 
 
+MAX_IMAGE_PIXELS = 40_000_000       # 8000 x 5000: more than any camera a face is photographed with
+MAX_VIDEO_PIXELS = 3840 * 2160       # 4K frames
+MAX_VIDEO_SECONDS = 600.0            # a longer file is refused, not read (only the first 10 s are used)
+
+
+def refuse_huge_image(data: bytes, what: str) -> None:
+    """PrepareError (too_large) for an image whose header declares more than MAX_IMAGE_PIXELS, read
+    from the header alone: a 445 KB PNG may decode to 12000 x 12000 pixels (1.4 GB)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is judged here
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as err:
+        raise PrepareError(f"{what} is too large an image to decode ({err}); use a photo of at most "
+                           f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels", "too_large") from None
+    except Exception:  # not an image Pillow knows: the video path decides
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise PrepareError(f"{what} is {width}x{height} px ({width * height / 1e6:.0f} megapixels); the limit is "
+                           f"{MAX_IMAGE_PIXELS // 1_000_000}: scale it down first", "too_large")
+
+
+def refuse_huge_video(stream, duration: float, what: str) -> None:
+    """PrepareError (too_large) for a video whose header declares frames or a length over the limits."""
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if width * height > MAX_VIDEO_PIXELS:
+        raise PrepareError(f"{what} has {width}x{height} frames; the limit is 3840x2160 (4K): scale it down first",
+                           "too_large")
+    if duration > MAX_VIDEO_SECONDS:
+        raise PrepareError(f"{what} lasts {duration:.0f} s; the limit is {MAX_VIDEO_SECONDS:.0f} s "
+                           "(only the first 10 s are used): cut it first", "too_large")
+
+
 def _decode_image(data: bytes, what: str, max_side: int) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Upright RGB with even sizes, scaled to at most max_side; and the original size if it was scaled."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    refuse_huge_image(data, what)
     try:
         with Image.open(io.BytesIO(data)) as im:
             stored_size = im.size
