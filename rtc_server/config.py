@@ -26,6 +26,9 @@ class Config:
     allowed_origins: str = ""        # other sites whose pages may call the API, comma-separated
     sessions_per_min: float = 30.0   # per client address: offers, POST /sessions, viewers, sockets (0: no limit)
     uploads_per_min: float = 6.0     # per client address: avatar uploads (0: no limit)
+    tls: str = "off"                 # off | self-signed (made for this machine's addresses)
+    tls_cert: Path | None = None     # a PEM certificate chain (with --tls-key): HTTPS
+    tls_key: Path | None = None
     connect_timeout_s: float = 10.0  # a peer that never connects is dropped
     peer_timeout_s: float = 4.0      # a connected peer that sends nothing this long is gone
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
@@ -100,6 +103,10 @@ _HELP = {
     "sessions_per_min": "new sessions, viewers and sockets one client address may start a minute (a burst of as "
                         "many, then one every 60/N s; 429 with Retry-After beyond); 0: no limit",
     "uploads_per_min": "avatar uploads one client address may make a minute; 0: no limit",
+    "tls": "off, or self-signed: HTTPS with a certificate made (once, kept in the cache folder) for this "
+           "machine's names and LAN addresses, so phones on the network can use the microphone",
+    "tls_cert": "PEM certificate chain for HTTPS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
     "body_timeout_s": "seconds a request body may take to arrive (uploads get 6 times as long) before 408",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
     "peer_timeout_s": "seconds without a packet from a connected peer (it sends RTCP every second) before its "
@@ -212,6 +219,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         raise SystemExit(f"--ws-audio-rate must be 48000, 24000, 16000 or 12000, got {config.ws_audio_rate}")
     if not 1 <= config.ws_jpeg_quality <= 95:
         raise SystemExit(f"--ws-jpeg-quality must be 1-95, got {config.ws_jpeg_quality}")
+    if config.tls not in ("off", "self-signed"):
+        raise SystemExit(f"--tls must be off or self-signed, got {config.tls!r} (a certificate of your own: "
+                         "--tls-cert and --tls-key)")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config
