@@ -58,7 +58,7 @@ class AccessPolicy:
         path, method = request.path, request.method
         if method == "POST" and path in ("/offer", "/avatars", "/sessions"):
             return True
-        if path.startswith("/avatars/jobs/"):
+        if path.startswith("/avatars/jobs/") or path == "/ice-servers":  # (TURN credentials)
             return True
         return path == "/metrics" and not self.metrics_public
 

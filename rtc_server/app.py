@@ -25,6 +25,7 @@ from rtc_server.avatars import AvatarLibrary, UnknownAvatar
 from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
 from rtc_server.conversation import conversation_factory
+from rtc_server.ice import IceServers, parse_ice_servers
 from rtc_server.outputs import OutputSpec, build_output
 from rtc_server.outputs.base import OutputError
 from rtc_server.outputs.publish import Published
@@ -54,6 +55,7 @@ LOADER = web.AppKey("loader", object)
 CONVERSE = web.AppKey("converse", bool)  # sessions get a conversation when the models allow
 PUBLISHED = web.AppKey("published", Published)  # what outputs serve at capability URLs
 RECORDINGS = web.AppKey("recordings", Recordings)
+ICE = web.AppKey("ice", IceServers)
 METRICS = web.AppKey("metrics", ServerMetrics)
 AVATARS = web.AppKey("avatars", AvatarLibrary)
 
@@ -290,7 +292,7 @@ async def add_output(session: Session, output) -> dict:
 async def offer(request: web.Request) -> web.Response:
     body = await read_json(request, OfferBody)
     session = await new_session(request.app, body.avatar, body.voice, body.mode, visemes=body.visemes)
-    peer = WebRtcPeer(body.sdp, body.type, owner=True)
+    peer = WebRtcPeer(body.sdp, body.type, owner=True, ice_servers=request.app[ICE].for_aiortc())
     try:
         await add_output(session, peer)
         session.start()
@@ -376,7 +378,7 @@ async def post_viewer(request: web.Request) -> web.Response:
     viewers = sum(1 for o in session.outputs.values() if o.type == "viewer")
     if viewers >= request.app[CONFIG].max_viewers:
         raise HttpError(503, f"this session has {viewers} viewers (--max-viewers); try again later")
-    peer = WebRtcPeer(body.sdp, body.type, owner=False)
+    peer = WebRtcPeer(body.sdp, body.type, owner=False, ice_servers=request.app[ICE].for_aiortc())
     await add_output(session, peer)
     assert peer.answer is not None
     return web.json_response({"sdp": peer.answer.sdp, "type": peer.answer.type, "viewer_id": peer.id}, status=201)
@@ -440,6 +442,11 @@ async def delete_session(request: web.Request) -> web.Response:
     session = session_for(request)
     await session.close("deleted by client")
     return web.Response(status=204)
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The STUN/TURN servers for the page's RTCPeerConnection (TURN credentials made now)."""
+    return web.json_response({"iceServers": request.app[ICE].for_browser()}, headers={"Cache-Control": "no-store"})
 
 
 async def published(request: web.Request) -> web.Response:
@@ -556,6 +563,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app[SESSIONS] = {}
     app[CONVERSE] = config.listen if conversation is None else conversation
     app[PUBLISHED] = Published()
+    app[ICE] = IceServers(parse_ice_servers(config.ice_server), config.turn_secret, config.turn_ttl_s)
     app[RECORDINGS] = Recordings(config.record_dir or (config.cache_dir or default_cache_dir().parent) / "recordings")
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
     cores = os.cpu_count() or 2
@@ -593,6 +601,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.router.add_get("/ws", lambda request: web.FileResponse(STATIC_DIR / "ws.html"))
     app.router.add_get("/visemes", lambda request: web.FileResponse(STATIC_DIR / "visemes.html"))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ice-servers", ice_servers)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/avatars", list_avatars)
     app.router.add_post("/avatars", upload_avatar)

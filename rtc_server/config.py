@@ -29,6 +29,9 @@ class Config:
     tls: str = "off"                 # off | self-signed (made for this machine's addresses)
     tls_cert: Path | None = None     # a PEM certificate chain (with --tls-key): HTTPS
     tls_key: Path | None = None
+    ice_server: tuple[str, ...] = ()  # STUN/TURN URLs (flag repeated); see rtc_server/ice.py
+    turn_secret: str | None = None   # coturn's static-auth-secret: time-limited TURN credentials
+    turn_ttl_s: float = 86_400.0
     connect_timeout_s: float = 10.0  # a peer that never connects is dropped
     peer_timeout_s: float = 4.0      # a connected peer that sends nothing this long is gone
     video_max_kbps: int = 600        # VP8 ceiling: a talking head needs no more (aiortc allows 1500)
@@ -107,6 +110,11 @@ _HELP = {
            "machine's names and LAN addresses, so phones on the network can use the microphone",
     "tls_cert": "PEM certificate chain for HTTPS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
+    "ice_server": "a STUN or TURN server for the server's peers and the page, repeated for several: "
+                  "stun:HOST:PORT, turn:HOST:PORT?transport=udp, turn:NAME:PASSWORD@HOST:PORT "
+                  "(env: space-separated)",
+    "turn_secret": "coturn's --static-auth-secret: TURN credentials are then made per page, valid --turn-ttl-s",
+    "turn_ttl_s": "seconds the TURN credentials made from --turn-secret stay valid",
     "body_timeout_s": "seconds a request body may take to arrive (uploads get 6 times as long) before 408",
     "connect_timeout_s": "seconds a peer may take to connect before its session is dropped",
     "peer_timeout_s": "seconds without a packet from a connected peer (it sends RTCP every second) before its "
@@ -170,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set with an environment variable AVATAR_<FLAG>, e.g. AVATAR_PORT=9000.",
     )
     defaults = Config()
+    tuple_defaults: dict[str, tuple] = {}
+    parser.set_defaults(_tuple_defaults=tuple_defaults)
     for f in fields(Config):
         default = getattr(defaults, f.name)
         env = os.environ.get(_env_name(f.name))
@@ -182,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
             conv = float
         elif "Path" in kind:
             conv = Path
+        elif "tuple" in kind:
+            # A repeated flag; its environment variable holds the values separated by spaces.
+            value = tuple(env.split()) if env is not None else default
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="append", default=None,
+                                help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {list(value) or 'none'})")
+            tuple_defaults[f.name] = value
+            continue
         else:
             conv = str
         value = conv(env) if env is not None else default
@@ -190,15 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, type=_parse_bool, default=value, metavar="BOOL",
                                 help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {value})")
         else:
-            shown = ("set" if value else "unset") if f.name.endswith("_key") else value  # secrets stay out of --help
+            shown = ("set" if value else "unset") if f.name.endswith(("_key", "_secret")) else value  # secrets stay out of --help
             parser.add_argument(flag, dest=f.name, type=conv, default=value,
                                 help=f"{_HELP[f.name]} (env {_env_name(f.name)}; default {shown})")
     return parser
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
-    config = Config(**vars(args))
+    values = vars(build_parser().parse_args(argv))
+    for name, default in values.pop("_tuple_defaults").items():
+        values[name] = tuple(values[name]) if values[name] is not None else default
+    config = Config(**values)
     if config.renderer not in ("photo", "wav2lip"):
         raise SystemExit(f"--renderer must be photo or wav2lip, got {config.renderer!r}")
     if config.renderer == "wav2lip" and config.checkpoint is None:
@@ -222,6 +241,12 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if config.tls not in ("off", "self-signed"):
         raise SystemExit(f"--tls must be off or self-signed, got {config.tls!r} (a certificate of your own: "
                          "--tls-cert and --tls-key)")
+    try:
+        from rtc_server.ice import IceServers, parse_ice_servers
+
+        IceServers(parse_ice_servers(config.ice_server), config.turn_secret)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

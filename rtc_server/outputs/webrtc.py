@@ -53,14 +53,16 @@ class WebRtcPeer(Output):
 
     type = "webrtc"
 
-    def __init__(self, sdp: str, kind: str = "offer", *, owner: bool = True) -> None:
+    def __init__(self, sdp: str, kind: str = "offer", *, owner: bool = True,
+                 ice_servers: list | None = None) -> None:
         super().__init__()
         if not owner:
             self.type = "viewer"
             self.id = "viewer-" + self.id.split("-", 1)[1]
         self.owner = owner
         self._offer = (sdp, kind)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # STUN/TURN (--ice-server): candidates through NAT and relays, when the server has them.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         self.sink: RtcSink | None = None           # the owner's own encoding
         self.viewer: ViewerTracks | None = None   # a viewer's share of the session's viewer feed
         self.answer: RTCSessionDescription | None = None
