@@ -10,10 +10,10 @@ import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from models.audio_file import AudioFileError, decode_audio
 from models.bundle import ModelBundle
@@ -26,6 +26,8 @@ from rtc_server.config import Config
 from rtc_server.metrics import CONTENT_TYPE, ServerMetrics
 from rtc_server.conversation import conversation_factory
 from rtc_server.ice import IceServers, parse_ice_servers
+from rtc_server.api_models import OfferBody, SessionBody, TextBody
+from rtc_server.openapi import openapi_document
 from rtc_server.outputs import OutputSpec, build_output
 from rtc_server.outputs.base import OutputError
 from rtc_server.outputs.publish import Published
@@ -58,36 +60,6 @@ RECORDINGS = web.AppKey("recordings", Recordings)
 ICE = web.AppKey("ice", IceServers)
 METRICS = web.AppKey("metrics", ServerMetrics)
 AVATARS = web.AppKey("avatars", AvatarLibrary)
-
-
-# Avatar names as the avatar store accepts them; checked before any lookup touches the disk.
-AVATAR_NAME = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-class OfferBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    sdp: str
-    type: Literal["offer"]
-    avatar: str | None = Field(None, pattern=AVATAR_NAME)
-    voice: str | None = Field(None, max_length=200)
-    mode: Literal["normal", "sync-test"] = "normal"
-    visemes: bool = False
-
-
-class SessionBody(BaseModel):
-    """POST /sessions: a session with no browser, and the outputs it starts with."""
-    model_config = ConfigDict(extra="forbid")
-    avatar: str | None = Field(None, pattern=AVATAR_NAME)
-    voice: str | None = Field(None, max_length=200)
-    mode: Literal["normal", "sync-test"] = "normal"
-    listen: bool = True
-    visemes: bool = False
-    outputs: list[OutputSpec] = Field(default_factory=list, max_length=8)
-
-
-class TextBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    text: Any
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -602,6 +574,8 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.router.add_get("/visemes", lambda request: web.FileResponse(STATIC_DIR / "visemes.html"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ice-servers", ice_servers)
+    document = openapi_document()
+    app.router.add_get("/openapi.json", lambda request: web.json_response(document))
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/avatars", list_avatars)
     app.router.add_post("/avatars", upload_avatar)
