@@ -75,10 +75,7 @@ async def cpu_per_output(window_s: float, folder: Path) -> dict:
                 elif what == "viewer":
                     viewer = LightClient(server.url)
                     await viewer.watch(sid, session["token"])
-                    for _ in range(200):  # video is reassembled, not decoded: count complete frames
-                        if len(viewer.complete_video) > 5:
-                            break
-                        await asyncio.sleep(0.05)
+                    await viewer.wait_media()
                     viewers.append(viewer)
                 await asyncio.sleep(2.0)  # let the new output settle (keyframe, first segments)
                 others = await wait_quiet(server.pid, 15.0, 20.0)

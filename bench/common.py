@@ -247,5 +247,15 @@ class LightClient(AvatarClient):
                 raise RuntimeError("this aiortc has no RTCRtpReceiver.__decoder_queue; run with --decode")
             setattr(receiver, attr, _CountingQueue(self.complete_video))
 
+    async def wait_media(self, timeout: float = 20.0) -> None:
+        """Until complete video frames (not decoded here) and audio flow."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.complete_video) > 5 and len(self.received.audio_times) > 10:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"media did not arrive: {len(self.complete_video)} video, "
+                           f"{len(self.received.audio_times)} audio frames")
+
     def video_wire_times(self) -> list[float]:
         return list(self.received.wire["video"].values())
