@@ -54,6 +54,17 @@ asyncio.run(main())
 """
 
 
+async def settled_figures(pid: int, seconds: float = 10.0) -> dict:
+    """process_figures once the server is quiet: the fewest threads and fds seen over `seconds`
+    (threads of closed peers, aiortc's decoder threads among them, end a little after)."""
+    samples = []
+    for _ in range(int(seconds / 0.5)):
+        samples.append(process_figures(pid))
+        await asyncio.sleep(0.5)
+    return {"threads": min(s["threads"] for s in samples), "fds": min(s["fds"] for s in samples),
+            "rss_mb": samples[-1]["rss_mb"]}
+
+
 def process_figures(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -97,13 +108,12 @@ async def cycles(count: int, warmup: int = 20) -> dict:
             await one_cycle(server, ways[i % 3])
             if i + 1 == warmup:
                 await server.wait_sessions(0, 30)
-                before = process_figures(server.pid)
+                before = await settled_figures(server.pid)
                 print(f"after {warmup} warm-up cycles: {before}", flush=True)
             if (i + 1) % 25 == 0:
                 print(f"  {i + 1} cycles, {time.monotonic() - start:.0f} s", flush=True)
         drained = await server.wait_sessions(0, 30)
-        await asyncio.sleep(2.0)
-        after = process_figures(server.pid)
+        after = await settled_figures(server.pid)
         sessions = (await server.health())["sessions"]
     finally:
         server.stop()

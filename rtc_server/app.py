@@ -560,6 +560,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
             loader.cancel()
 
     async def stop_executor(app: web.Application) -> None:
+        app[AVATARS].close()
         app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
         app[WORK_EXECUTOR].shutdown(wait=False, cancel_futures=True)
         # Only models this app loaded itself: a bundle handed in may serve other apps too.

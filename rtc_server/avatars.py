@@ -5,13 +5,16 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import threading
 import time
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
 
 from models.avatar.photo import DEFAULT_AVATAR
 from models.avatar.store import AvatarStore, AvatarStoreError
+from models.avatar.worker import prepare_in_worker, preparation_pool
 from models.bundle import ModelBundle, build_renderer, resolve_device
 from models.lipsync.renderer import LipSyncRenderer
 from rtc_server.config import Config
@@ -55,6 +58,9 @@ class AvatarLibrary:
         self.jobs: dict[str, PrepareJob] = {}
         self._loading: dict[str, asyncio.Task] = {}
         self._prepare_slot = asyncio.Semaphore(1)
+        self._pool = None       # the preparation process, started with the first upload
+        self._progress = None
+        self._progress_reader: threading.Thread | None = None
 
     def listing(self, bundle: ModelBundle | None) -> list[dict]:
         avatars = {DEFAULT_AVATAR: {"name": DEFAULT_AVATAR, "kind": "photo", "builtin": True}}
@@ -102,22 +108,31 @@ class AvatarLibrary:
         return job
 
     async def _prepare(self, job: PrepareJob, data: bytes, filename: str, overwrite: bool) -> None:
-        from models.avatar.prepare import PrepareError, prepare
-
-        def progress(done: int, total: int, message: str) -> None:
-            job.done, job.total, job.message = done, total, message
+        from models.avatar.prepare import PrepareError
 
         async with self._prepare_slot:
             job.state = "running"
             loop = asyncio.get_running_loop()
+            pool = self._preparation_pool(loop)
+            avatar_dir = str(self.store.root)
             try:
-                info = await loop.run_in_executor(
-                    self.executor,
-                    lambda: prepare(data, job.name, self.store, progress=progress, overwrite=overwrite,
-                                    source_name=filename))
+                info = await loop.run_in_executor(pool, prepare_in_worker, job.id, data, job.name, avatar_dir,
+                                                  overwrite, filename)
             except (PrepareError, AvatarStoreError) as exc:
                 job.state, job.error = "failed", str(exc)
                 log.info("avatar %r: preparation refused: %s", job.name, exc)
+                return
+            except MemoryError:
+                job.state = "failed"
+                job.error = (f"preparation needed more than {self.config.prepare_memory_mb} MB "
+                             "(--prepare-memory-mb); use a smaller photo or a shorter video")
+                log.warning("avatar %r: preparation hit the memory ceiling", job.name)
+                self._stop_pool()  # a fresh process next time
+                return
+            except BrokenProcessPool:
+                job.state, job.error = "failed", "the preparation process died (out of memory?); try a smaller file"
+                log.warning("avatar %r: the preparation process died", job.name)
+                self._stop_pool()
                 return
             except Exception as exc:  # report, never crash the server
                 job.state, job.error = "failed", f"preparation failed: {exc}"
@@ -126,6 +141,37 @@ class AvatarLibrary:
             bundle = self._models()
             if bundle is not None:
                 bundle.renderers.pop(job.name, None)  # an overwritten avatar is rebuilt on next use
-            job.state, job.avatar = "done", info.to_json()
+            worker = info.pop("worker_pid")
+            job.state, job.avatar = "done", info
             job.message = "ready"
-            log.info("avatar %r prepared: %d frame(s)", job.name, info.frames)
+            log.info("avatar %r prepared: %d frame(s), in process %d", job.name, info["frames"], worker)
+
+    def _preparation_pool(self, loop: asyncio.AbstractEventLoop):
+        if self._pool is None:
+            self._pool, self._progress = preparation_pool(self.config.work_nice, self.config.prepare_memory_mb)
+            queue = self._progress
+
+            def read_progress() -> None:
+                while (item := queue.get()) is not None:
+                    loop.call_soon_threadsafe(self._on_progress, *item)
+
+            self._progress_reader = threading.Thread(target=read_progress, name="prepare-progress", daemon=True)
+            self._progress_reader.start()
+        return self._pool
+
+    def _on_progress(self, job_id: str, done: int, total: int, message: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.done, job.total, job.message = done, total, message
+
+    def _stop_pool(self) -> None:
+        pool, queue = self._pool, self._progress
+        self._pool = self._progress = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if queue is not None:
+            queue.put(None)  # ends the progress reader
+
+    def close(self) -> None:
+        """Stop the preparation process (at server shutdown)."""
+        self._stop_pool()

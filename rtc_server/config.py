@@ -71,6 +71,7 @@ class Config:
     # ~140 ms of the 300 ms wait (96 ms left ~200 ms but cut the last word's tail).
     speculate_after_ms: float = 160.0
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
+    prepare_memory_mb: int = 3072     # address-space ceiling of the avatar preparation process
     work_nice: int = 10               # TTS/ASR/LLM threads yield to the media threads on a full machine
     log_level: str = "INFO"
     log_format: str = "text"          # text | json
@@ -156,6 +157,8 @@ _HELP = {
                           "before the end of turn is confirmed (0: wait for the end of turn; with a paid "
                           "--llm openai endpoint, dropped guesses still cost tokens)",
     "listen": "answer the microphone (VAD, ASR, LLM); off serves say-only sessions",
+    "prepare_memory_mb": "memory ceiling (MB of address space) of the process that prepares uploaded avatars; "
+                         "0: none",
     "work_nice": "nice value (0-19) of the TTS/ASR/LLM worker threads, so the media clock and encoders "
                  "come first when the CPU is full (0: same as the server)",
     "log_level": "DEBUG, INFO, WARNING",

@@ -92,3 +92,46 @@ async def test_a_file_without_a_face_fails_with_a_message_and_leaves_nothing(ava
         assert job["state"] == "failed" and "face" in job["error"], job
         async with http.get(f"{avatar_server}/avatars") as resp:
             assert "coffee" not in [a["name"] for a in (await resp.json())["avatars"]]
+
+
+async def test_preparing_an_upload_leaves_live_sessions_at_25_fps(avatar_server):
+    """Decoding, face finding and writing run in a process of their own: no tick is given up."""
+    base_url = avatar_server
+    client = AvatarClient(base_url)
+    try:
+        await client.connect()
+        await client.wait_media()
+        status, before = await client.request("GET", f"/sessions/{client.session_id}")
+        frames = len(client.received.video_times)
+        start = asyncio.get_running_loop().time()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base_url}/avatars?name=busy", data=portrait_png()) as resp:
+                assert resp.status == 202
+                job = await resp.json()
+            job = await wait_job(http, base_url, job["job_id"])
+        elapsed = asyncio.get_running_loop().time() - start
+        assert job["state"] == "done", job
+        status, after = await client.request("GET", f"/sessions/{client.session_id}")
+        assert after["stats"]["skipped_ticks"] == before["stats"]["skipped_ticks"], (before["stats"], after["stats"])
+        received = len(client.received.video_times) - frames
+        assert received >= 25 * elapsed - 10, f"{received} frames in {elapsed:.1f} s of preparation"
+    finally:
+        await client.close()
+
+
+async def test_a_preparation_over_its_memory_ceiling_fails_alone(tmp_path, media_config, media_models):
+    """--prepare-memory-mb bounds the preparation process: over it, the job fails with a message
+    and the server goes on (here a ceiling too low for the work at all)."""
+    config = dataclasses.replace(media_config, avatar_dir=tmp_path, prepare_memory_mb=150)
+    bundle = dataclasses.replace(media_models, renderers=dict(media_models.renderers))
+    base_url, app, server = await start_server(config, bundle, conversation=False)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base_url}/avatars?name=tight", data=portrait_png()) as resp:
+                job = await resp.json()
+            job = await wait_job(http, base_url, job["job_id"])
+            assert job["state"] == "failed" and ("prepare-memory-mb" in job["error"] or "died" in job["error"]), job
+            async with http.get(f"{base_url}/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await server.close()

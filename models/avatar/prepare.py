@@ -65,6 +65,10 @@ class PrepareError(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):
+        # Whole across processes (preparation runs in a worker): message and reason both.
+        return type(self), (str(self), self.reason)
+
 
 def prepare(
     source: Source,
