@@ -9,7 +9,7 @@ from typing import AsyncIterable, Callable, Iterator, Protocol
 
 import numpy as np
 
-from models.lead_phrase import ends_sentence, split_lead
+from models.lead_phrase import bounded_pieces, ends_sentence, split_lead
 from models.lipsync.renderer import LipSyncRenderer
 from models.speech import SpeechChunk, tighten
 from tracks.avframe import AVFrame
@@ -164,6 +164,7 @@ class Speaker:
         try:
             async for text in texts:
                 pieces = split_lead(text, self.lead_words) if first else [text]
+                pieces = [part for piece in pieces for part in bounded_pieces(piece)]
                 first = False
                 for piece in pieces:
                     chunks = self.voice.synthesize(piece)

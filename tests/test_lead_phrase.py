@@ -56,3 +56,16 @@ def test_a_long_first_sentence_comes_in_growing_pieces_so_the_voice_stays_ahead(
                                                  ("Hello there,", False), ("Your package should arrive", False)])
 def test_ends_sentence(text: str, expected: bool) -> None:
     assert ends_sentence(text) is expected
+
+
+def test_an_endless_sentence_is_cut_into_bounded_pieces_at_natural_places():
+    from models.lead_phrase import MAX_PIECE_WORDS, bounded_pieces
+
+    words = ("we walked along the river and talked about the weather " * 40).split()
+    pieces = bounded_pieces(" ".join(words))
+    assert all(len(p.split()) <= MAX_PIECE_WORDS for p in pieces)
+    assert " ".join(pieces).split() == words  # nothing lost, nothing added
+    assert all(p.split()[0] in ("and", "about", "the", "along", "we") for p in pieces[1:])  # before a phrase start
+    text = "One. " * 30 + "A short end."
+    assert bounded_pieces("Hello there, how are you?") == ["Hello there, how are you?"]
+    assert all(p.rstrip().endswith(".") for p in bounded_pieces(text))  # sentence ends come first
