@@ -21,6 +21,10 @@ class OfferBody(BaseModel):
     voice: str | None = Field(None, max_length=200)
     mode: Literal["normal", "sync-test"] = "normal"
     visemes: bool = False
+    persona: str | None = Field(None, max_length=4000, description="this session's system prompt")
+    barge_in: Literal["on", "clear", "off"] | None = Field(
+        None, description="talking over the avatar stops it: at once (on), on a clear onset only (clear: "
+                          "open speakers), never (off); default: the server's --barge-in")
 
 
 class SessionBody(BaseModel):

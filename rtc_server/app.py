@@ -222,7 +222,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def new_session(app: web.Application, avatar: str | None, voice: str | None, mode: str,
-                      listen: bool = True, visemes: bool = False) -> Session:
+                      listen: bool = True, visemes: bool = False, persona: str | None = None,
+                      barge_in: str | None = None) -> Session:
     """A started session, counted against --max-sessions; 400/503 when it cannot be made."""
     config = app[CONFIG]
     bundle = models_ready(app)
@@ -245,7 +246,7 @@ async def new_session(app: web.Application, avatar: str | None, voice: str | Non
     listener = conversation_factory(bundle) if app[CONVERSE] else None
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], work_executor=app[WORK_EXECUTOR],
                       mode=mode, avatar=avatar or bundle.default_avatar, listener=listener,
-                      listen=listen and config.listen,
+                      listen=listen and config.listen, persona=persona, barge_in=barge_in,
                       on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
     app[METRICS].sessions_started.inc()
@@ -263,7 +264,12 @@ async def add_output(session: Session, output) -> dict:
 
 async def offer(request: web.Request) -> web.Response:
     body = await read_json(request, OfferBody)
-    session = await new_session(request.app, body.avatar, body.voice, body.mode, visemes=body.visemes)
+    try:
+        persona = validate_text(body.persona, 4000) if body.persona else None
+    except ValueError as exc:
+        raise HttpError(400, f"persona: {exc}") from None
+    session = await new_session(request.app, body.avatar, body.voice, body.mode, visemes=body.visemes,
+                                persona=persona, barge_in=body.barge_in)
     peer = WebRtcPeer(body.sdp, body.type, owner=True, ice_servers=request.app[ICE].for_aiortc())
     try:
         await add_output(session, peer)
@@ -451,6 +457,14 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(output.path, headers={"Content-Type": "video/mp4"})
 
 
+async def embed_page(request: web.Request) -> web.StreamResponse:
+    """The avatar in the widget's frame; only this server's pages and --allowed-origins may frame it."""
+    allowed = " ".join(o for o in AccessPolicy.from_config(request.app[CONFIG]).allowed_origins if o != "*")
+    ancestors = "*" if "*" in request.app[CONFIG].allowed_origins else f"'self' {allowed}".strip()
+    return web.FileResponse(STATIC_DIR / "embed.html",
+                            headers={"Content-Security-Policy": f"frame-ancestors {ancestors}"})
+
+
 async def watch_page(request: web.Request) -> web.StreamResponse:
     """A page that plays an HLS output with hls.js."""
     if not request.app[PUBLISHED].has(request.match_info["key"]):
@@ -573,6 +587,8 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app.router.add_get("/", index)
     app.router.add_get("/ws", lambda request: web.FileResponse(STATIC_DIR / "ws.html"))
     app.router.add_get("/visemes", lambda request: web.FileResponse(STATIC_DIR / "visemes.html"))
+    app.router.add_get("/kiosk", lambda request: web.FileResponse(STATIC_DIR / "kiosk.html"))
+    app.router.add_get("/embed", embed_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ice-servers", ice_servers)
     document = openapi_document()

@@ -75,7 +75,12 @@ class Conversation:
         self.asr = bundle.asr
         self.llm = bundle.llm
         self.executor = session.speaker.tts_executor  # ASR shares the TTS workers, never the renderer's
-        self.barge_in = config.barge_in
+        # Per session (the offer's barge_in): "on" interrupts on the first frame of the user's
+        # voice, "clear" only on a clear onset (open speakers: its own voice coming back must
+        # not stop it), "off" never (half duplex).
+        mode = session.barge_in or ("on" if config.barge_in else "off")
+        self.barge_in = mode != "off"
+        self.quick_barge_in = mode == "on"
         self.lead_words = config.lead_words
         # Recognition (and the reply) start in the background after this much silence, before
         # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on. The
@@ -84,7 +89,9 @@ class Conversation:
                                      pause_ms=config.speculate_after_ms or None,
                                      quick_onset_ms=config.barge_in_onset_ms)
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
-        self.history = ChatHistory(load_persona(config.persona), max_turns=config.history_turns)
+        # A session's own persona (the offer's text) replaces the server's; never a file path from a client.
+        persona = session.persona if session.persona else load_persona(config.persona)
+        self.history = ChatHistory(persona, max_turns=config.history_turns)
         self.turns: deque[TurnTiming] = deque(maxlen=20)
         self._turn: asyncio.Task | None = None
         self._speculation: Speculation | None = None  # work on the turn in its end-of-turn pause
@@ -104,7 +111,7 @@ class Conversation:
                     self._stream_t0 = time.monotonic() - len(pcm) / ASR_RATE
                 self._samples_in += len(pcm)
                 # Talking over the avatar should stop it fast: a one-frame onset then.
-                self.vad.quick_onset = self.barge_in and self._avatar_busy()
+                self.vad.quick_onset = self.quick_barge_in and self._avatar_busy()
                 for event in self.vad.push(pcm):
                     self._on_vad(event)
         except Exception as exc:  # garbage audio must not end the session

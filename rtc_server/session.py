@@ -82,6 +82,8 @@ class Session:
         avatar: str = "",
         listener: ListenerFactory | None = None,
         listen: bool = True,
+        persona: str | None = None,
+        barge_in: str | None = None,
         on_closed: Callable[["Session"], None] | None = None,
         metrics: "ServerMetrics | None" = None,
     ) -> None:
@@ -128,6 +130,8 @@ class Session:
         self._on_air_callbacks: dict[str, Callable[[], None]] = {}
         # Whether microphone audio is heard at all; typed chat works either way.
         self.listen = listen
+        self.persona = persona      # this session's system prompt, instead of the server's
+        self.barge_in = barge_in    # on | clear | off, instead of the server's --barge-in
         self.conversation: Listener | None = listener(self) if listener is not None else None
 
     def start(self) -> None:
