@@ -14,7 +14,7 @@
 "use strict";
 
 const EVENT_TYPES = ["connection", "state", "transcript", "reply", "speech_start", "speech_end", "error",
-                     "visemes", "output", "event"];
+                     "visemes", "output", "event", "track", "open"];
 
 function waitForIceGathering(pc, timeoutMs) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -31,7 +31,12 @@ export class AvatarConnection {
    * options: server (base URL, default this page's origin), key (the server's API key), avatar,
    * voice, persona, bargeIn ("on" | "clear" | "off"), mode ("normal" | "sync-test"), visemes,
    * microphone (true: ask for it; false: listen only), relay (TURN only), video (a <video> to
-   * play the avatar in), reconnect (default true), maxBackoffMs (8000).
+   * play the avatar in), micStream (a MediaStream the page opened itself, instead of asking here),
+   * reconnect (default true; false: a lost connection ends at "closed" and connect() throws
+   * its error), maxBackoffMs (8000).
+   * Events: the server's (state, transcript, reply, speech_start, speech_end, error, visemes,
+   * output; "event" gets each), "connection" ({state, detail}), "track" (each RTCTrackEvent),
+   * "open" (the data channel opened).
    */
   constructor(options = {}) {
     this.options = { microphone: true, reconnect: true, maxBackoffMs: 8000, ...options };
@@ -97,8 +102,13 @@ export class AvatarConnection {
       await this.open();
       this.backoff = 500;
     } catch (err) {
-      this.emit("error", { message: `could not connect: ${err.message || err}` });
       this.teardown();
+      if (!this.options.reconnect) {
+        this.wanted = false;
+        this.setConnection("closed", String(err.message || err));
+        throw err;
+      }
+      this.emit("error", { message: `could not connect: ${err.message || err}` });
       this.scheduleRetry();
     }
   }
@@ -107,6 +117,7 @@ export class AvatarConnection {
     const ice = await this.request("GET", "/ice-servers").catch(() => ({ iceServers: [] }));
     const pc = this.pc = new RTCPeerConnection({ iceServers: ice.iceServers,
                                                  iceTransportPolicy: this.options.relay ? "relay" : "all" });
+    if (this.options.micStream) this.micStream = this.options.micStream;
     if (this.options.microphone && !this.micStream && navigator.mediaDevices) {
       this.micStream = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } }).catch(() => null);
@@ -116,13 +127,20 @@ export class AvatarConnection {
       mic.enabled = !this.muted;
       pc.addTransceiver(mic, { direction: "sendrecv", streams: [this.micStream] });
     } else {
-      pc.addTransceiver("audio", { direction: "recvonly" });
+      // sendrecv even without a microphone: a track can be put in later (replaceTrack) without a new offer.
+      pc.addTransceiver("audio", { direction: "sendrecv" });
     }
     pc.addTransceiver("video", { direction: "recvonly" });
     const dc = this.dc = pc.createDataChannel("events");
-    dc.onmessage = (m) => this.onServerEvent(JSON.parse(m.data));
+    dc.onmessage = (m) => {
+      let event;
+      try { event = JSON.parse(m.data); } catch (e) { return; }
+      this.onServerEvent(event);
+    };
+    dc.onopen = () => this.emit("open", {});
     dc.onclose = () => { if (this.pc === pc) this.lost("the server closed the session"); };
     pc.ontrack = (e) => {
+      this.emit("track", e);
       this.remoteStream = e.streams[0] || new MediaStream([e.track]);
       const video = this.options.video;
       if (video && video.srcObject !== this.remoteStream) {
@@ -166,11 +184,12 @@ export class AvatarConnection {
   lost(why) {
     if (!this.pc) return;
     this.teardown();
-    if (this.wanted) {
+    if (this.wanted && this.options.reconnect) {
       this.emit("error", { message: `connection lost (${why}); connecting again` });
       this.scheduleRetry();
     } else {
-      this.setConnection("closed");
+      this.wanted = false;
+      this.setConnection("closed", why);
     }
   }
 
