@@ -200,6 +200,21 @@ export class AvatarConnection {
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.connect(), this.backoff);
     this.backoff = Math.min(this.backoff * 2, this.options.maxBackoffMs);
+    this.watchHealth();
+  }
+
+  watchHealth() {
+    // While waiting out the backoff, ask the server (cheaply, once a second) whether it is ready:
+    // a server that restarted and finished loading its models is used at once, not a backoff later.
+    if (this.healthTimer) return;
+    const poll = async () => {
+      this.healthTimer = null;
+      if (!this.wanted || this.pc || this.connection !== "reconnecting") return;
+      const ready = await fetch(this.server + "/healthz", { cache: "no-store" }).then((r) => r.ok).catch(() => false);
+      if (ready && this.wanted && !this.pc && this.connection === "reconnecting") this.retryNow();
+      else this.healthTimer = setTimeout(poll, 1000);
+    };
+    this.healthTimer = setTimeout(poll, 1000);
   }
 
   retryNow() {
