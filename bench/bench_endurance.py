@@ -38,20 +38,6 @@ from bench.common import OUT, LightClient, ServerProcess  # noqa: E402
 TALK = ("The quick brown fox jumps over the lazy dog while the band plays on, and the people in the small "
         "town by the river talk about the weather and the news of the day.")
 
-VANISHING_PEER = """
-import asyncio, sys
-sys.path.insert(0, sys.argv[2])
-from tests.rtc_client import AvatarClient
-
-async def main():
-    client = AvatarClient(sys.argv[1])
-    await client.connect()
-    await client.wait_media()
-    print("connected", flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
 
 
 async def settled_figures(pid: int, seconds: float = 10.0) -> dict:
@@ -74,7 +60,7 @@ def process_figures(pid: int) -> dict:
 
 async def one_cycle(server: ServerProcess, way: str) -> None:
     if way == "vanish":
-        peer = await asyncio.create_subprocess_exec(sys.executable, "-c", VANISHING_PEER, server.url, str(ROOT),
+        peer = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.vanishing_peer", server.url,
                                                     stdout=subprocess.PIPE, cwd=ROOT)
         assert peer.stdout is not None
         line = await asyncio.wait_for(peer.stdout.readline(), 60)

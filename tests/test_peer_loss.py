@@ -16,22 +16,6 @@ from tests.conftest import ROOT, start_server
 from tests.rtc_client import AvatarClient
 
 
-# A peer in a process of its own, so that it can die the way a tab does: no BYE, no DTLS close.
-PEER = """
-import asyncio, sys
-from tests.rtc_client import AvatarClient
-
-async def main():
-    client = AvatarClient(sys.argv[1])
-    await client.connect()
-    await client.wait_media()
-    print("connected", flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
-
-
 @pytest.fixture(scope="module")
 async def small_server(media_config, media_models):
     config = dataclasses.replace(media_config, max_sessions=2, connect_timeout_s=3.0)
@@ -55,7 +39,7 @@ async def wait_sessions(app, count: int, timeout: float) -> float:
 async def test_killed_peers_free_their_slots_within_5_s(small_server):
     base_url, app, config = small_server
     await wait_sessions(app, 0, 20)
-    peers = [subprocess.Popen([sys.executable, "-c", PEER, base_url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    peers = [subprocess.Popen([sys.executable, "-m", "tests.vanishing_peer", base_url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(config.max_sessions)]
     try:
         for peer in peers:
