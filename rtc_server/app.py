@@ -32,7 +32,7 @@ from rtc_server.outputs import OutputSpec, build_output
 from rtc_server.outputs.base import OutputError
 from rtc_server.outputs.publish import Published
 from rtc_server.outputs.record import Recordings
-from rtc_server.outputs.webrtc import OfferError, WebRtcPeer
+from rtc_server.outputs.webrtc import WebRtcPeer
 from rtc_server.outputs.websocket import WebSocketClient
 from rtc_server.session import Session, SpeechQueueFull, validate_text
 from tracks.h264_feed import pick_encoder

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests import needs
-from tests.test_browser import CHROMIUM_FLAGS, SHOTS, launch, silent_mic  # noqa: F401 (fixture)
+from tests.test_browser import SHOTS, launch, silent_mic  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, needs.chromium, needs.playwright]
 try:

@@ -3,8 +3,6 @@ gets the voice on the audio track, the mouth cues on the data channel ahead of i
 worth the name (the server renders nothing)."""
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 

@@ -3,7 +3,6 @@ mouth moving with the voice it plays; the session behind it renders no video."""
 from __future__ import annotations
 
 import asyncio
-import struct
 
 import aiohttp
 import numpy as np

@@ -79,7 +79,6 @@ class H264Feed(EncodeThread):
         super().__init__(backlog)
         self.fps = fps
         self.sample_rate = sample_rate
-        self.gop = gop
         # Encoders live in a container that is never written to: its streams are the templates
         # (codec parameters, SPS/PPS) each muxer copies with add_stream_from_template.
         self._templates = av.open(io.BytesIO(), "w", format="mp4")
@@ -110,10 +109,6 @@ class H264Feed(EncodeThread):
         with self._lock:
             if consumer in self._consumers:
                 self._consumers.remove(consumer)
-
-    @property
-    def consumers(self) -> int:
-        return len(self._consumers)
 
     def request_keyframe(self) -> None:
         """Make the next frame a keyframe (a new output starts on it instead of a gop later)."""
