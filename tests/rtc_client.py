@@ -194,8 +194,9 @@ class AvatarClient:
             if not fut.done() and predicate(event):
                 fut.set_result(event)
 
-    async def wait_event(self, predicate, timeout: float = 30.0) -> dict:
-        for _, event in self.events:
+    async def wait_event(self, predicate, timeout: float = 30.0, since: int = 0) -> dict:
+        """The first event (from index `since` of self.events on) that predicate accepts, waiting for it."""
+        for _, event in self.events[since:]:
             if predicate(event):
                 return event
         fut = asyncio.get_running_loop().create_future()

@@ -13,15 +13,15 @@ SAMPLE_RATE = 16000
 TEST_VOICE = "en-us+f3"
 
 
-def espeak(text: str, voice: str = TEST_VOICE, words_per_minute: int = 160) -> np.ndarray:
-    """text spoken by espeak-ng as float32 mono at 16 kHz."""
+def espeak(text: str, voice: str = TEST_VOICE, words_per_minute: int = 160, ssml: bool = False) -> np.ndarray:
+    """text spoken by espeak-ng as float32 mono at 16 kHz (ssml: text is SSML, e.g. with <break>)."""
     import soxr
 
     from tests.needs import ESPEAK_REASON, require
 
     require(shutil.which("espeak-ng") is not None, ESPEAK_REASON)
     wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "--stdout", text],
+        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "--stdout", *(["-m"] if ssml else []), text],
         capture_output=True, check=True,
     ).stdout
     with wave.open(io.BytesIO(wav)) as reader:

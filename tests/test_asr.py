@@ -91,4 +91,32 @@ def test_empty_and_silent_audio_give_empty_text(recognizer):
 
 def test_wrong_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="model.bin"):
-        SpeechRecognizer(model_dir=tmp_path)
+        SpeechRecognizer(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def base_recognizer() -> SpeechRecognizer:
+    return SpeechRecognizer("base")
+
+
+def test_the_multilingual_base_model_is_joined_from_its_two_packages(base_recognizer):
+    assert base_recognizer.name == "base" and base_recognizer.multilingual
+    assert base_recognizer.supports("de") and not base_recognizer.supports("xx")
+    text = base_recognizer.transcribe(espeak("What is two plus two?"), language="en").text
+    assert "plus" in text.lower(), text
+
+
+def test_a_language_is_detected_or_given(base_recognizer):
+    german = espeak("Ich möchte einen Kaffee trinken.", voice="de+m3")
+    heard = base_recognizer.transcribe(german)
+    assert heard.language == "de" and "kaffee" in heard.text.lower(), heard
+    # Detection on one short turn is a guess (espeak's other German voices came out as en, fi, he, ja):
+    # a language given is always used.
+    german = espeak("Ich möchte einen Kaffee trinken.", voice="de+f3")
+    forced = base_recognizer.transcribe(german, language="de")
+    assert forced.language == "de" and "kaffee" in forced.text.lower(), forced
+    assert base_recognizer.transcribe(german, language="en").language == "en"
+
+
+def test_an_english_only_model_refuses_other_languages(recognizer):
+    assert not recognizer.multilingual and not recognizer.supports("de") and recognizer.supports("en")

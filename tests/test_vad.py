@@ -240,3 +240,36 @@ def test_quick_onset_starts_a_frame_sooner_and_ignores_noise(detector, sentence)
         stream = detector.stream()
         stream.quick_onset = True
         assert push_in_chunks(stream, noise) == []
+
+
+def test_end_after_ends_the_turn_in_its_pause_with_the_pause_audio(detector, sentence):
+    """An end-of-turn verdict can close a turn before end_silence_ms: at once, or after a shorter silence."""
+    from models.vad import SpeechPause
+
+    sentence = sentence[: int((speech_bounds(sentence)[1] + 0.01) * SAMPLE_RATE)]  # without espeak's own tail
+    stream = detector.stream(end_silence_ms=1500, pause_ms=160)
+    events = push_in_chunks(stream, concat(silence(0.3), sentence, silence(0.25)))
+    pause = next(e for e in events if isinstance(e, SpeechPause))
+    assert not any(isinstance(e, SpeechEnd) for e in events), "1.5 s of silence has not passed yet"
+    ended = stream.end_after(0)
+    assert [type(e) for e in ended] == [SpeechEnd]
+    assert ended[0].t == pause.t and np.array_equal(ended[0].audio, pause.audio)
+    assert not stream.in_speech and stream.end_after(0) == []
+
+    # A later silence ends it: 300 ms instead of 1500.
+    stream = detector.stream(end_silence_ms=1500, pause_ms=160)
+    push_in_chunks(stream, concat(silence(0.3), sentence, silence(0.2)))
+    assert stream.end_after(300) == []
+    late = push_in_chunks(stream, silence(0.2))
+    assert [type(e) for e in late] == [SpeechEnd]
+    assert late[0].detected_at - late[0].t == pytest.approx(0.32, abs=0.033)
+
+
+def test_speech_coming_back_cancels_an_early_end(detector, sentence):
+    sentence = sentence[: int((speech_bounds(sentence)[1] + 0.01) * SAMPLE_RATE)]
+    stream = detector.stream(end_silence_ms=1500, pause_ms=160)
+    push_in_chunks(stream, concat(silence(0.3), sentence, silence(0.2)))
+    stream.end_after(400)
+    events = push_in_chunks(stream, concat(sentence, silence(0.6)))
+    assert not any(isinstance(e, SpeechEnd) for e in events), "the early end was for the silence before"
+    assert stream.in_speech

@@ -1,0 +1,95 @@
+"""Speech recognition quality and speed per embedded Whisper model, on spoken questions.
+
+    python bench/bench_asr.py                       # tiny.en and base, 32 questions x 3 voices
+    python bench/bench_asr.py --models tiny.en --voices en-us+m3
+
+Each question (tests/spoken_sets.py) is spoken by espeak-ng voices unlike the avatar's, with the
+silence the VAD would keep around it (200 ms before, 160 ms after), and recognised as one turn
+the way the server does (models/asr.SpeechRecognizer, greedy, short window). Word error rate is
+jiwer's over all questions of a voice, on lower-case words with digits written out; "lost
+final word" counts questions whose last word is missing from the transcript. The time is the
+recognition's wall time on this machine (the ASR stage inside a turn). Writes bench/out/asr.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "bench" / "out"
+from models.asr import EMBEDDED_MODELS, SpeechRecognizer  # noqa: E402
+from tests.speech_samples import espeak  # noqa: E402
+from tests.spoken_sets import QUESTIONS, VOICES, normalise, words  # noqa: E402
+
+
+def turn_audio(text: str, voice: str) -> np.ndarray:
+    audio = espeak(text, voice)
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    audio = audio[loud[0]: loud[-1] + 1]
+    return np.concatenate([np.zeros(3200, np.float32), audio, np.zeros(2560, np.float32)])
+
+
+def measure(model: str, voices: list[str], questions: list[str]) -> dict:
+    import jiwer
+
+    start = time.perf_counter()
+    asr = SpeechRecognizer(model, language="en")
+    asr.warmup()
+    loaded_s = time.perf_counter() - start
+    per_voice = {}
+    times = []
+    for voice in voices:
+        refs, hyps, lost, rows = [], [], 0, []
+        for question in questions:
+            audio = turn_audio(question, voice)
+            t0 = time.perf_counter()
+            text = asr.transcribe(audio).text
+            times.append((time.perf_counter() - t0) * 1000)
+            ref, hyp = normalise(question), normalise(text)
+            refs.append(ref)
+            hyps.append(hyp or "<none>")
+            if words(question)[-1] not in words(text)[-2:]:
+                lost += 1
+            rows.append({"question": question, "heard": text})
+        wer = jiwer.wer(refs, hyps)
+        per_voice[voice] = {"wer": round(wer, 4), "lost_final_word": lost, "questions": len(questions), "heard": rows}
+        print(f"  {model:8s} {voice:10s} WER {wer:6.1%}  lost final word {lost}/{len(questions)}", flush=True)
+    all_wer = statistics.mean(v["wer"] for v in per_voice.values())
+    ms = np.array(times)
+    result = {"model": model, "load_s": round(loaded_s, 2), "wer_mean": round(all_wer, 4),
+              "asr_ms_p50": round(float(np.percentile(ms, 50)), 1), "asr_ms_p95": round(float(np.percentile(ms, 95)), 1),
+              "voices": per_voice}
+    print(f"  {model:8s} mean WER {all_wer:.1%}; recognition p50 {result['asr_ms_p50']:.0f} ms, "
+          f"p95 {result['asr_ms_p95']:.0f} ms per question (load {loaded_s:.1f} s)", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(EMBEDDED_MODELS))
+    parser.add_argument("--voices", nargs="+", default=list(VOICES))
+    parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    args = parser.parse_args()
+    questions = list(QUESTIONS[: args.questions])
+    print(f"{len(questions)} questions x {len(args.voices)} voices, {os.cpu_count()} cores", flush=True)
+    results = [measure(m, args.voices, questions) for m in args.models]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "asr.json").write_text(json.dumps(results, indent=1))
+    print(f"{'model':8s} {'WER':>7s} {'lost':>5s} {'p50 ms':>7s} {'p95 ms':>7s}")
+    for r in results:
+        lost = sum(v["lost_final_word"] for v in r["voices"].values())
+        total = sum(v["questions"] for v in r["voices"].values())
+        print(f"{r['model']:8s} {r['wer_mean']:7.1%} {lost:>2d}/{total:<3d} {r['asr_ms_p50']:7.0f} {r['asr_ms_p95']:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
