@@ -2,6 +2,7 @@
 
     python bench/bench_asr.py                       # tiny.en and base, 32 questions x 3 voices
     python bench/bench_asr.py --models tiny.en --voices en-us+m3
+    python bench/bench_asr.py --threads 0           # CTranslate2's own thread count
 
 Each question (tests/spoken_sets.py) is spoken by espeak-ng voices unlike the avatar's, with the
 silence the VAD would keep around it (200 ms before, 160 ms after), and recognised as one turn
@@ -38,11 +39,11 @@ def turn_audio(text: str, voice: str) -> np.ndarray:
     return np.concatenate([np.zeros(3200, np.float32), audio, np.zeros(2560, np.float32)])
 
 
-def measure(model: str, voices: list[str], questions: list[str]) -> dict:
+def measure(model: str, voices: list[str], questions: list[str], threads: int) -> dict:
     import jiwer
 
     start = time.perf_counter()
-    asr = SpeechRecognizer(model, language="en")
+    asr = SpeechRecognizer(model, language="en", cpu_threads=threads)
     asr.warmup()
     loaded_s = time.perf_counter() - start
     per_voice = {}
@@ -65,7 +66,7 @@ def measure(model: str, voices: list[str], questions: list[str]) -> dict:
         print(f"  {model:8s} {voice:10s} WER {wer:6.1%}  lost final word {lost}/{len(questions)}", flush=True)
     all_wer = statistics.mean(v["wer"] for v in per_voice.values())
     ms = np.array(times)
-    result = {"model": model, "load_s": round(loaded_s, 2), "wer_mean": round(all_wer, 4),
+    result = {"model": model, "threads": threads, "load_s": round(loaded_s, 2), "wer_mean": round(all_wer, 4),
               "asr_ms_p50": round(float(np.percentile(ms, 50)), 1), "asr_ms_p95": round(float(np.percentile(ms, 95)), 1),
               "voices": per_voice}
     print(f"  {model:8s} mean WER {all_wer:.1%}; recognition p50 {result['asr_ms_p50']:.0f} ms, "
@@ -78,10 +79,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(EMBEDDED_MODELS))
     parser.add_argument("--voices", nargs="+", default=list(VOICES))
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--threads", type=int, default=1 if (os.cpu_count() or 1) <= 2 else 0,
+                        help="CTranslate2 threads (default: as the server, 1 on 2 cores; 0: its own choice)")
     args = parser.parse_args()
     questions = list(QUESTIONS[: args.questions])
     print(f"{len(questions)} questions x {len(args.voices)} voices, {os.cpu_count()} cores", flush=True)
-    results = [measure(m, args.voices, questions) for m in args.models]
+    results = [measure(m, args.voices, questions, args.threads) for m in args.models]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "asr.json").write_text(json.dumps(results, indent=1))
     print(f"{'model':8s} {'WER':>7s} {'lost':>5s} {'p50 ms':>7s} {'p95 ms':>7s}")

@@ -132,7 +132,10 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
 
     def asr():
         language = config.speech_language
-        recognizer = SpeechRecognizer(config.asr_model, language=language)
+        # CTranslate2's own choice (4 threads) took 350-390 ms for a 3 s question on 2 cores, one thread
+        # 150-170 ms (bench/bench_asr.py --threads): on small machines the threads only contend.
+        threads = 1 if (os.cpu_count() or 1) <= 2 else 0
+        recognizer = SpeechRecognizer(config.asr_model, language=language, cpu_threads=threads)
         recognizer.warmup()
         if language is not None and not recognizer.supports(language):
             raise RuntimeError(f"--language {config.language}: {recognizer.name} does not hear it "

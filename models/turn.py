@@ -3,9 +3,10 @@
 The voice is judged by Smart Turn v3 (an ONNX model on Whisper features of the last 8 s, shipped
 in the PyPI package pipecat-ai and run through pipecat's own LocalSmartTurnAnalyzerV3). The words
 are the utterance's transcript: a sentence does not end on "the", "of" or "if", whatever the
-voice does. Synthetic voices are where the voice model is weakest (espeak-ng questions scored
-0.01-0.98 with no pattern, bench/bench_turn_taking.py), so the words can hold a turn open on
-their own, and the voice alone can only shorten the wait when the words agree.
+voice does, and Whisper ends what it hears as a finished sentence with a stop. Synthetic voices
+are where the voice model is weakest (espeak-ng questions and fragments alike scored 0.01-0.98,
+bench/bench_turn_taking.py), so the words can hold a turn open on their own, and the voice can
+only shorten the wait when the words agree.
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ def judge(text: str, probability: float | None, threshold: float, language: str 
         return TurnJudgement(Verdict.UNFINISHED, "words", probability)
     if probability is None:
         return TurnJudgement(Verdict.UNSURE, "words", None)
+    if not text.rstrip().endswith((".", "?", "!")):
+        # Whisper ends what it hears as a whole sentence with a stop; "I would like to locate" (for
+        # "...to book a") has none. The voice alone is not trusted to end such a turn at once.
+        return TurnJudgement(Verdict.UNSURE, "words", probability)
     if probability >= threshold:
         return TurnJudgement(Verdict.COMPLETE, "words+voice", probability)
     return TurnJudgement(Verdict.UNSURE, "voice", probability)
@@ -94,11 +99,19 @@ class SmartTurnModel:
     """Smart Turn v3, loaded once and shared by every session; probability() is thread-safe and blocking."""
 
     def __init__(self, model_path: str | Path | None = None, threads: int = 1) -> None:
+        import asyncio
+
         from loguru import logger
 
         # pipecat logs a banner and a debug line per load through loguru: not this server's logs.
         logger.disable("pipecat")
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+        # Importing pipecat replaces asyncio.wait_for process-wide on Python < 3.12 (with wait_for2's);
+        # this server and aiortc are tested with the standard one, so it is put back.
+        wait_for = asyncio.wait_for
+        try:
+            from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+        finally:
+            asyncio.wait_for = wait_for
 
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():

@@ -38,6 +38,8 @@ def test_the_words_and_the_voice_decide_together():
     assert (done.verdict, done.reason, done.probability) == (Verdict.COMPLETE, "words+voice", 0.7)
     # They disagree: unsure (the ordinary silence decides).
     assert judge("What is two plus two?", 0.2, 0.5).verdict is Verdict.UNSURE
+    # No stop at the end: Whisper did not hear a finished sentence ("...to book a" heard as "...to locate").
+    assert judge("I would like to locate", 0.9, 0.5).verdict is Verdict.UNSURE
     assert judge("What is two plus two?", None, 0.5).verdict is Verdict.UNSURE
     # No words at all (a cough): let the turn end, it will be dropped.
     assert judge("", 0.1, 0.5).verdict is Verdict.COMPLETE
