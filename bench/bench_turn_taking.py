@@ -1,0 +1,128 @@
+"""Turns cut off mid-sentence: sentences with a pause inside, per end-of-turn detector.
+
+    python bench/bench_turn_taking.py                          # smart and silence, 10 sentences x 4 pauses
+    python bench/bench_turn_taking.py --detectors smart --voices en-us+f3 en-gb+m1
+
+Each sentence of tests/spoken_sets.PAUSED is spoken by espeak-ng in one breath with an SSML
+break of 300, 500, 700 or 900 ms between its halves (the real silence is measured and
+printed), into a real aiortc client's microphone, against the server as a subprocess
+(`run.py --llm echo --turn-detector D`). A trial is cut off when the server began to answer
+before the second half (two "thinking" states), or when no final transcript came at all (both
+halves lost to the second talking over the first). For whole turns the server's own record gives the end-of-turn verdict and the
+wait from the end of speech to the end of turn.
+
+Voice-to-voice latency (end of the question to the first avatar audio, with the end-of-turn
+wait as its own stage) is bench/bench_voice_latency.py, with --server-arg=--turn-detector=D;
+in Chromium, bench/bench_browser.py --v2v-server-arg=--turn-detector=D.
+
+Writes bench/out/turn_taking.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import OUT, LightClient, ServerProcess  # noqa: E402
+from tests.spoken_sets import PAUSED, PAUSES_MS, paused_sentence, words  # noqa: E402
+
+RATE = 48_000
+
+
+def mic_pcm(audio16k: np.ndarray) -> np.ndarray:
+    import soxr
+
+    speech = soxr.resample(audio16k, 16_000, RATE).astype(np.float32)
+    pad = np.zeros(int(0.3 * RATE), np.float32)
+    return (np.concatenate([pad, speech, pad]) * 0.8 * 32767).astype(np.int16)
+
+
+async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
+    seen = len(client.events)
+    client.mic.play(pcm)
+    play_s = len(pcm) / RATE
+    deadline = time.monotonic() + play_s + 6.0
+    # Until the whole sentence is answered: a final reply whose transcript has the last word, then quiet.
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        events = [e for _, e in client.events[seen:]]
+        transcripts = [e for e in events if e.get("type") == "transcript" and e.get("final")]
+        if any(last_word in words(t["text"]) for t in transcripts) and any(
+                e.get("type") == "reply" and e.get("final") for e in events[events.index(transcripts[-1]):]):
+            break
+    await asyncio.sleep(1.5)  # let the echo finish speaking before the next trial
+    events = [e for _, e in client.events[seen:]]
+    thinking = sum(1 for e in events if e.get("type") == "state" and e.get("state") == "thinking")
+    transcripts = [e["text"] for e in events if e.get("type") == "transcript" and e.get("final")]
+    heard_last = bool(transcripts) and last_word in words(transcripts[0])
+    _, body = await client.request("GET", f"/sessions/{client.session_id}")
+    turn = (body.get("turns") or [{}])[-1]
+    # Cut off: the server began to answer before the second half (which then talked over it), or nothing
+    # of the sentence came through. A misheard last word in one turn ("capital of Friends") is not a cut.
+    return {"transcripts": transcripts, "answers_begun": thinking, "cut_off": thinking >= 2 or not transcripts,
+            "last_word_heard": heard_last,
+            "verdict": turn.get("turn_verdict"), "reason": turn.get("turn_reason"),
+            "probability": turn.get("turn_probability"), "ended_by": turn.get("ended_by"),
+            "end_of_turn_wait_ms": (turn.get("stages_ms") or {}).get("end_of_turn_wait")}
+
+
+async def run_detector(detector: str, voices: list[str], pauses: list[int], sentences: int) -> dict:
+    server = ServerProcess(f"turns-{detector}", ["--llm", "echo", "--turn-detector", detector])
+    await server.start()
+    rows = []
+    try:
+        client = LightClient(server.url)
+        await client.connect()
+        await client.wait_media()
+        await asyncio.sleep(1.0)
+        for voice in voices:
+            for first, second in PAUSED[:sentences]:
+                for pause in pauses:
+                    audio, gap_ms = paused_sentence(first, second, pause, voice)
+                    result = await trial(client, mic_pcm(audio), words(second)[-1])
+                    result.update(voice=voice, sentence=f"{first} | {second}", pause_ms=pause, gap_ms=round(gap_ms))
+                    rows.append(result)
+                    print(f"  {detector:7s} {voice:9s} {pause:4d} ms (real {gap_ms:4.0f})  "
+                          f"{'CUT ' if result['cut_off'] else 'whole'}  {result['transcripts']}", flush=True)
+        await client.close()
+    finally:
+        server.stop()
+    by_pause = {}
+    for pause in pauses:
+        these = [r for r in rows if r["pause_ms"] == pause]
+        by_pause[pause] = {"trials": len(these), "cut_off": sum(r["cut_off"] for r in these)}
+    return {"detector": detector, "by_pause": by_pause, "trials": rows}
+
+
+async def main_async(args) -> None:
+    results = []
+    for detector in args.detectors:
+        print(f"--turn-detector {detector}:", flush=True)
+        results.append(await run_detector(detector, args.voices, args.pauses, args.sentences))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "turn_taking.json").write_text(json.dumps(results, indent=1))
+    print("cut off mid-sentence, by pause length:")
+    print(f"{'detector':9s} " + " ".join(f"{p:>9d}ms" for p in args.pauses))
+    for r in results:
+        print(f"{r['detector']:9s} " + " ".join(f"{b['cut_off']:>5d}/{b['trials']:<5d}" for b in r["by_pause"].values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detectors", nargs="+", default=["smart", "silence"])
+    parser.add_argument("--voices", nargs="+", default=["en-us+f3"])
+    parser.add_argument("--pauses", nargs="+", type=int, default=list(PAUSES_MS))
+    parser.add_argument("--sentences", type=int, default=len(PAUSED))
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
