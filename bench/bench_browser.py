@@ -3,6 +3,7 @@
     python bench/bench_browser.py                 # the full run (~13 min on a 2-core box)
     python bench/bench_browser.py --seconds 20    # shorter windows everywhere
     python bench/bench_browser.py --skip-v2v --max-pages 3
+    python bench/bench_browser.py --v2v-only --v2v-server-arg=--turn-detector=silence --out bench/out/v2v.json
 
 Everything is measured by static/client.html itself in headless Chromium (/usr/bin/chromium)
 and read back from window.avatarClient:
@@ -546,7 +547,8 @@ async def measure_capacity(browser, base_url: str, max_pages: int, window_s: flo
     return rows
 
 
-async def measure_v2v(driver, questions: int, llm: str) -> dict:
+async def measure_v2v(driver, questions: int, llm: str, server_args: tuple[str, ...] = (),
+                      server_script: Path | None = None) -> dict:
     """Page-measured voice-to-voice on a listening server, plus the server's stage spans."""
     from bench.bench_voice_latency import QUESTIONS
     from tests.speech_samples import espeak
@@ -563,7 +565,9 @@ async def measure_v2v(driver, questions: int, llm: str) -> dict:
         parts.append(np.zeros(int(gap_s * RATE), np.float32))
     audio = (np.concatenate(parts) * 0.8 * 32767).astype(np.int16)
     total_s = len(audio) / RATE
-    server = ServerProcess("v2v", ["--listen", "true", "--llm", llm, "--max-sessions", "2"])
+    server = ServerProcess("v2v", ["--listen", "true", "--llm", llm, "--max-sessions", "2", *server_args])
+    if server_script is not None:  # another checkout's server, e.g. the code before a change
+        server.args[1] = str(server_script)
     await server.start()
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "questions.wav", audio)
@@ -587,7 +591,8 @@ async def measure_v2v(driver, questions: int, llm: str) -> dict:
     summary = spread(latencies)
     if latencies:
         summary["p95"] = round(float(np.percentile(latencies, 95)), 1)
-    result = {"questions": count, "llm": llm, "page_v2v_ms": summary, "turns": details, "server_stages_ms": stages,
+    result = {"questions": count, "llm": llm, "server_args": list(server_args),
+              "server_script": str(server_script or "run.py"), "page_v2v_ms": summary, "turns": details, "server_stages_ms": stages,
               "start_of_measurement": sorted({d["from"] for d in details})}
     if latencies:
         print(f"  voice-to-voice p50 {summary['p50']:.0f} ms, p95 {summary['p95']:.0f} ms", flush=True)
@@ -747,6 +752,12 @@ async def run(args) -> dict:
         mic = write_wav(Path(tmp) / "silence.wav", np.zeros(RATE // 2, np.int16))
         flags = CHROMIUM_FLAGS + [f"--use-file-for-fake-audio-capture={mic}%noloop"]
         async with async_playwright() as driver:
+            if args.v2v_only:
+                print(f"Voice-to-voice (listening server, {args.v2v_llm} LLM, {' '.join(args.v2v_server_arg)}):",
+                      flush=True)
+                results["v2v"] = await measure_v2v(driver, args.questions, args.v2v_llm, tuple(args.v2v_server_arg),
+                                                   args.v2v_server_script)
+                return results
             browser = await driver.chromium.launch(executable_path=str(CHROMIUM), args=flags)
             results["machine"]["chromium"] = browser.version
             server = ServerProcess("media", ["--listen", "false", "--max-sessions", str(max(4, args.max_pages + 1))])
@@ -799,7 +810,8 @@ async def run(args) -> dict:
             if not args.skip_v2v:
                 print(f"Voice-to-voice (listening server, {args.v2v_llm} LLM):", flush=True)
                 try:
-                    results["v2v"] = await measure_v2v(driver, args.questions, args.v2v_llm)
+                    results["v2v"] = await measure_v2v(driver, args.questions, args.v2v_llm,
+                                                       tuple(args.v2v_server_arg), args.v2v_server_script)
                 except Exception as exc:  # the listening models may be missing; the rest still counts
                     print(f"  skipped: {exc}", flush=True)
                     results["v2v"] = {"error": str(exc)}
@@ -819,14 +831,24 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=10, help="spoken questions in the voice-to-voice run")
     parser.add_argument("--v2v-llm", choices=["local", "echo"], default="local",
                         help="reply model of the voice-to-voice server (default: the embedded one)")
+    parser.add_argument("--v2v-only", action="store_true", help="only the voice-to-voice run")
+    parser.add_argument("--v2v-server-arg", action="append", default=[],
+                        help="extra run.py argument for the voice-to-voice server (repeatable), e.g. "
+                             "--v2v-server-arg=--turn-detector=silence")
+    parser.add_argument("--v2v-server-script", type=Path, default=None,
+                        help="run.py of another checkout for the voice-to-voice server (a before/after comparison)")
+    parser.add_argument("--out", type=Path, default=OUT / "browser.json")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit("needs Debian's Chromium at /usr/bin/chromium: apt-get install -y chromium")
     results = asyncio.run(run(args))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "browser.json").write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2))
+    if args.v2v_only:
+        print(f"wrote {args.out}")
+        return
     plot(results, OUT / "browser.png")
-    print(f"wrote {OUT / 'browser.json'} and {OUT / 'browser.png'}")
+    print(f"wrote {args.out} and {OUT / 'browser.png'}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def words_unfinished(text: str, language: str | None = "en") -> bool:
         return True
     if language not in (None, "en"):
         return False
-    words = re.findall(r"[a-z']+", stripped.lower().replace("’", "'"))
+    words = re.findall(r"[a-z0-9']+", stripped.lower().replace("’", "'"))
     return bool(words) and words[-1] in UNFINISHED_ENDINGS
 
 

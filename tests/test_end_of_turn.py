@@ -17,7 +17,7 @@ def test_a_sentence_left_hanging_is_unfinished(text):
 
 @pytest.mark.parametrize("text", [
     "What is the capital of France?", "What is two plus two?", "What is the weather like?", "Thank you",
-    "Yes, I do.", "Yes it is.", "Turn the lights on.", "Can you tell me?", "", "   ",
+    "Yes, I do.", "Yes it is.", "Turn the lights on.", "Can you tell me?", "", "   ", "A table for 2",
 ])
 def test_a_sentence_that_can_end_there_is_not_unfinished(text):
     assert not words_unfinished(text)
