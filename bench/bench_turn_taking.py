@@ -2,6 +2,7 @@
 
     python bench/bench_turn_taking.py                          # smart and silence, 10 sentences x 4 pauses
     python bench/bench_turn_taking.py --detectors smart --voices en-us+f3 en-gb+m1
+    python bench/bench_turn_taking.py --detectors smart --server-arg=--end-silence-ms=600
 
 Each sentence of tests/spoken_sets.PAUSED is spoken by espeak-ng in one breath with an SSML
 break of 300, 500, 700 or 900 ms between its halves (the real silence is measured and
@@ -15,7 +16,7 @@ Voice-to-voice latency (end of the question to the first avatar audio, with the 
 wait as its own stage) is bench/bench_voice_latency.py, with --server-arg=--turn-detector=D;
 in Chromium, bench/bench_browser.py --v2v-server-arg=--turn-detector=D.
 
-Writes bench/out/turn_taking.json.
+Writes bench/out/turn_taking.json (--out).
 """
 from __future__ import annotations
 
@@ -74,8 +75,9 @@ async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
             "end_of_turn_wait_ms": (turn.get("stages_ms") or {}).get("end_of_turn_wait")}
 
 
-async def run_detector(detector: str, voices: list[str], pauses: list[int], sentences: int) -> dict:
-    server = ServerProcess(f"turns-{detector}", ["--llm", "echo", "--turn-detector", detector])
+async def run_detector(detector: str, voices: list[str], pauses: list[int], sentences: int,
+                       server_args: list[str]) -> dict:
+    server = ServerProcess(f"turns-{detector}", ["--llm", "echo", "--turn-detector", detector, *server_args])
     await server.start()
     rows = []
     try:
@@ -99,16 +101,16 @@ async def run_detector(detector: str, voices: list[str], pauses: list[int], sent
     for pause in pauses:
         these = [r for r in rows if r["pause_ms"] == pause]
         by_pause[pause] = {"trials": len(these), "cut_off": sum(r["cut_off"] for r in these)}
-    return {"detector": detector, "by_pause": by_pause, "trials": rows}
+    return {"detector": detector, "server_args": server_args, "by_pause": by_pause, "trials": rows}
 
 
 async def main_async(args) -> None:
     results = []
     for detector in args.detectors:
         print(f"--turn-detector {detector}:", flush=True)
-        results.append(await run_detector(detector, args.voices, args.pauses, args.sentences))
+        results.append(await run_detector(detector, args.voices, args.pauses, args.sentences, args.server_arg))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "turn_taking.json").write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps(results, indent=1))
     print("cut off mid-sentence, by pause length:")
     print(f"{'detector':9s} " + " ".join(f"{p:>9d}ms" for p in args.pauses))
     for r in results:
@@ -121,6 +123,9 @@ def main() -> None:
     parser.add_argument("--voices", nargs="+", default=["en-us+f3"])
     parser.add_argument("--pauses", nargs="+", type=int, default=list(PAUSES_MS))
     parser.add_argument("--sentences", type=int, default=len(PAUSED))
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra run.py argument (repeatable), e.g. --server-arg=--end-silence-ms=600")
+    parser.add_argument("--out", type=Path, default=OUT / "turn_taking.json")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import OUT, LightClient, ServerProcess, machine_cpu_seconds, process_cpu_seconds  # noqa: E402
 from tests.rtc_client import AvatarClient, PcmTrack  # noqa: E402
+from tests.spoken_sets import QUESTIONS as SPOKEN_QUESTIONS  # noqa: E402
 
 RATE = 48_000
 MIC_FLOOR = 0.01          # |sample| (full scale 1.0) above which the mic PCM counts as speech
@@ -60,22 +61,7 @@ SILENT_RMS = 5.0
 QUIET_CORES = 0.3         # a trial counts as uncontended when other processes used fewer cores
 TARGETS_MS = {"v2v_p50": 900, "v2v_p95": 1300, "barge_in": 250}
 
-QUESTIONS = [
-    "What time is it?",
-    "Tell me a joke.",
-    "What is your name?",
-    "How are you today?",
-    "Where do you live?",
-    "What is the weather like?",
-    "Can you help me?",
-    "What day is it today?",
-    "Do you like music?",
-    "Who made you?",
-    "What can you do?",
-    "Tell me about the moon.",
-    "What is your favourite colour?",
-    "How old are you?",
-]
+QUESTIONS = list(SPOKEN_QUESTIONS[:14])
 WARMUP_QUESTION = "Hello there."
 INTERJECTIONS = [
     "Wait, stop.",

@@ -72,7 +72,7 @@ def judge(text: str, probability: float | None, threshold: float, language: str 
         return TurnJudgement(Verdict.COMPLETE, "no words", probability)
     if words_unfinished(text, language):
         return TurnJudgement(Verdict.UNFINISHED, "words", probability)
-    if probability is None:
+    if probability is None:  # no voice verdict (no model, or too late to matter): the silence decides
         return TurnJudgement(Verdict.UNSURE, "words", None)
     if not text.rstrip().endswith((".", "?", "!")):
         # Whisper ends what it hears as a whole sentence with a stop; "I would like to locate" (for

@@ -15,7 +15,7 @@ import numpy as np
 from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
-from models.turn import TurnJudgement, Verdict, judge
+from models.turn import TurnJudgement, Verdict, judge, words_unfinished
 from rtc_server.session import Session
 from rtc_server.speculation import Prefetch, Speculation
 
@@ -165,7 +165,7 @@ class Conversation:
                 audio = np.asarray(event.audio, dtype=np.float32)
                 self._speculate(audio)
                 if self.smart:
-                    self.session.spawn(self._judge(self._pauses, audio), "end-of-turn")
+                    self.session.spawn(self._judge(self._pauses, audio, event.t), "end-of-turn")
         elif kind == "SpeechResume":
             self._pauses += 1
             self._judgement = None
@@ -198,17 +198,25 @@ class Conversation:
                                else "silence")
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
 
-    async def _judge(self, pause: int, audio: np.ndarray) -> None:
-        """The end-of-turn verdict on the pause numbered `pause`; ends the turn early if it is over."""
+    async def _judge(self, pause: int, audio: np.ndarray, speech_end: float) -> None:
+        """The end-of-turn verdict on the pause numbered `pause`; ends the turn early if it is over.
+
+        The words come first (the speculation's recognition). Smart Turn runs only when its answer
+        can still shorten the wait: once end_silence_ms of silence has passed, "finished" and
+        "unsure" both end the turn now, and on 2 cores recognition alone takes about that long
+        (bench/bench_turn_taking.py), so the model's CPU would only delay the reply.
+        """
         speculation = self._speculation
         if speculation is None:
             return
-        loop = asyncio.get_running_loop()
-        voice = (loop.run_in_executor(self.executor, self.turn_model.probability, audio)
-                 if self.turn_model is not None else None)
         try:
             text = await speculation.transcript()
-            probability = await voice if voice is not None else None
+            probability = None
+            silence_ms = (self.vad.time - speech_end) * 1000
+            if (self.turn_model is not None and text and silence_ms < self.end_silence_ms
+                    and not words_unfinished(text, self.language) and pause == self._pauses):
+                loop = asyncio.get_running_loop()
+                probability = await loop.run_in_executor(self.executor, self.turn_model.probability, audio)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
