@@ -565,9 +565,8 @@ async def measure_v2v(driver, questions: int, llm: str, server_args: tuple[str, 
         parts.append(np.zeros(int(gap_s * RATE), np.float32))
     audio = (np.concatenate(parts) * 0.8 * 32767).astype(np.int16)
     total_s = len(audio) / RATE
-    server = ServerProcess("v2v", ["--listen", "true", "--llm", llm, "--max-sessions", "2", *server_args])
-    if server_script is not None:  # another checkout's server, e.g. the code before a change
-        server.args[1] = str(server_script)
+    server = ServerProcess("v2v", ["--listen", "true", "--llm", llm, "--max-sessions", "2", *server_args],
+                           script=server_script)
     await server.start()
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "questions.wav", audio)

@@ -33,17 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import OUT, LightClient, ServerProcess  # noqa: E402
+from tests.speech_samples import mic_pcm  # noqa: E402
 from tests.spoken_sets import PAUSED, PAUSES_MS, paused_sentence, words  # noqa: E402
 
 RATE = 48_000
-
-
-def mic_pcm(audio16k: np.ndarray) -> np.ndarray:
-    import soxr
-
-    speech = soxr.resample(audio16k, 16_000, RATE).astype(np.float32)
-    pad = np.zeros(int(0.3 * RATE), np.float32)
-    return (np.concatenate([pad, speech, pad]) * 0.8 * 32767).astype(np.int16)
 
 
 async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:

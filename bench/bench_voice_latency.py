@@ -81,17 +81,6 @@ LONG_TEXT = ("The old lighthouse keeper climbed the narrow stairs every evening 
              "like a thousand tiny drums that would not stop until the morning light came back again.")
 
 
-# ---- the server, as a subprocess ---------------------------------------------------------
-
-
-class VoiceServer(ServerProcess):
-    """bench/common.py's run.py subprocess, optionally with another entry point (what-if runs)."""
-
-    def __init__(self, args: list[str], script: Path) -> None:
-        super().__init__("voice", args)
-        self.args[1] = str(script)
-
-
 # ---- CPU: who was busy -------------------------------------------------------------------
 
 
@@ -541,7 +530,7 @@ async def run(args: argparse.Namespace) -> dict:
     n_cuts = 3 if args.quick and args.barge_ins is None else (args.barge_ins or 6)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n_questions)]
     server_args = ["--llm", args.llm, "--end-silence-ms", str(args.end_silence_ms), *args.server_arg]
-    server = VoiceServer(server_args, args.server_script)
+    server = ServerProcess("voice", server_args, script=args.server_script)
     print(f"starting: {' '.join(server.args[1:])}")
     lines = {text: spoken_line(text) for text in [WARMUP_QUESTION, *questions]}
     cut_lines = [spoken_line(INTERJECTIONS[i % len(INTERJECTIONS)], lead_s=0.0) for i in range(n_cuts)]

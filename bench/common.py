@@ -56,13 +56,15 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """The real server (`run.py`) in its own process, on a free 127.0.0.1 port."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
+                 script: Path | None = None) -> None:
+        """script: another checkout's run.py (a before/after comparison); default this one's."""
         self.env = dict(env or {})  # added to this process's environment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = OUT / f"server-{name}.log"
         # No rate limits: a bench connects far more often than a person (flags given in args win).
-        self.args = [sys.executable, str(ROOT / "run.py"), "--host", "127.0.0.1", "--port", str(self.port),
+        self.args = [sys.executable, str(script or ROOT / "run.py"), "--host", "127.0.0.1", "--port", str(self.port),
                      "--sessions-per-min", "0", "--uploads-per-min", "0", *args]
         self.proc: subprocess.Popen | None = None
 

@@ -65,19 +65,28 @@ def words_unfinished(text: str, language: str | None = "en") -> bool:
     return bool(words) and words[-1] in UNFINISHED_ENDINGS
 
 
-def judge(text: str, probability: float | None, threshold: float, language: str | None = "en") -> TurnJudgement:
-    """The verdict on a paused utterance from its transcript and Smart Turn's probability (None: no voice model)."""
+def judge_words(text: str, language: str | None = "en") -> TurnJudgement | None:
+    """The verdict the words give on their own, or None when the voice decides between finished and unsure."""
     if not text.strip():
         # Nothing recognisable (a cough, noise): the turn goes nowhere, so let it end.
-        return TurnJudgement(Verdict.COMPLETE, "no words", probability)
+        return TurnJudgement(Verdict.COMPLETE, "no words")
     if words_unfinished(text, language):
-        return TurnJudgement(Verdict.UNFINISHED, "words", probability)
-    if probability is None:  # no voice verdict (no model, or too late to matter): the silence decides
-        return TurnJudgement(Verdict.UNSURE, "words", None)
+        return TurnJudgement(Verdict.UNFINISHED, "words")
     if not text.rstrip().endswith((".", "?", "!")):
         # Whisper ends what it hears as a whole sentence with a stop; "I would like to locate" (for
         # "...to book a") has none. The voice alone is not trusted to end such a turn at once.
-        return TurnJudgement(Verdict.UNSURE, "words", probability)
+        return TurnJudgement(Verdict.UNSURE, "words")
+    return None
+
+
+def judge(text: str, probability: float | None, threshold: float, language: str | None = "en") -> TurnJudgement:
+    """The verdict on a paused utterance from its transcript and Smart Turn's probability (None: no voice verdict,
+    for want of a model or because it came too late to matter: the silence decides)."""
+    words = judge_words(text, language)
+    if words is not None:
+        return TurnJudgement(words.verdict, words.reason, probability)
+    if probability is None:
+        return TurnJudgement(Verdict.UNSURE, "words")
     if probability >= threshold:
         return TurnJudgement(Verdict.COMPLETE, "words+voice", probability)
     return TurnJudgement(Verdict.UNSURE, "voice", probability)

@@ -15,7 +15,7 @@ import numpy as np
 from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
-from models.turn import TurnJudgement, Verdict, judge, words_unfinished
+from models.turn import TurnJudgement, Verdict, judge, judge_words
 from rtc_server.session import Session
 from rtc_server.speculation import Prefetch, Speculation
 
@@ -101,8 +101,8 @@ class Conversation:
         # --turn-detector smart: at that pause the words and the voice are judged (models/turn.py); a
         # finished turn ends then, an unfinished one waits up to turn_max_wait_ms of silence, and
         # when they disagree the turn ends after end_silence_ms as with the silence detector.
-        self.turn_model = bundle.turn if config.turn_detector == "smart" else None
         self.smart = config.turn_detector == "smart"
+        self.turn_model = bundle.turn if self.smart else None
         self.end_silence_ms = config.end_silence_ms
         self.turn_threshold = config.turn_threshold
         pause_ms = config.speculate_after_ms or (SMART_PAUSE_MS if self.smart else None)
@@ -159,26 +159,24 @@ class Conversation:
             self._dropped = 0
             self.session.set_state("listening")
         elif kind == "SpeechPause":
-            self._pauses += 1
-            self._judgement = None
+            self._next_silence()
             if self.user_speaking:
                 audio = np.asarray(event.audio, dtype=np.float32)
                 self._speculate(audio)
                 if self.smart:
                     self.session.spawn(self._judge(self._pauses, audio, event.t), "end-of-turn")
         elif kind == "SpeechResume":
-            self._pauses += 1
-            self._judgement = None
+            self._next_silence()
             self._drop_speculation()
         elif kind == "SpeechDiscarded":
-            self._pauses += 1
+            self._next_silence()
             self._drop_speculation()
             if self.user_speaking:
                 self.user_speaking = False
                 self.session.set_state("idle")
         elif kind == "SpeechEnd":
-            self._pauses += 1
-            judgement, self._judgement = self._judgement, None
+            judgement = self._judgement
+            self._next_silence()
             # No speech since the pause (else SpeechResume came): the speculation heard it all.
             speculation, self._speculation = self._speculation, None
             if not self.user_speaking:
@@ -198,13 +196,18 @@ class Conversation:
                                else "silence")
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
 
+    def _next_silence(self) -> None:
+        """The pause being judged is over (speech came back, or the turn ended): its verdict goes stale."""
+        self._pauses += 1
+        self._judgement = None
+
     async def _judge(self, pause: int, audio: np.ndarray, speech_end: float) -> None:
         """The end-of-turn verdict on the pause numbered `pause`; ends the turn early if it is over.
 
         The words come first (the speculation's recognition). Smart Turn runs only when its answer
-        can still shorten the wait: once end_silence_ms of silence has passed, "finished" and
-        "unsure" both end the turn now, and on 2 cores recognition alone takes about that long
-        (bench/bench_turn_taking.py), so the model's CPU would only delay the reply.
+        can change something: the words leave it open (judge_words gives None) and less than
+        end_silence_ms of silence has passed (after that, "finished" and "unsure" both end the turn
+        now; on 2 cores recognition alone takes about that long, bench/bench_turn_taking.py).
         """
         speculation = self._speculation
         if speculation is None:
@@ -213,8 +216,8 @@ class Conversation:
             text = await speculation.transcript()
             probability = None
             silence_ms = (self.vad.time - speech_end) * 1000
-            if (self.turn_model is not None and text and silence_ms < self.end_silence_ms
-                    and not words_unfinished(text, self.language) and pause == self._pauses):
+            if (self.turn_model is not None and silence_ms < self.end_silence_ms and pause == self._pauses
+                    and judge_words(text, self.language) is None):
                 loop = asyncio.get_running_loop()
                 probability = await loop.run_in_executor(self.executor, self.turn_model.probability, audio)
         except asyncio.CancelledError:

@@ -61,3 +61,12 @@ def speech_bounds(audio: np.ndarray, floor: float = 0.01) -> tuple[float, float]
 
 def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
+def mic_pcm(audio: np.ndarray, lead_s: float = 0.3, tail_s: float = 0.3, rate: int = 48_000) -> np.ndarray:
+    """16 kHz speech as int16 PCM at `rate` for a fake microphone, with silence around it, at 0.8 of full scale."""
+    import soxr
+
+    speech = soxr.resample(audio, SAMPLE_RATE, rate).astype(np.float32)
+    lead, tail = np.zeros(int(lead_s * rate), np.float32), np.zeros(int(tail_s * rate), np.float32)
+    return (np.concatenate([lead, speech, tail]) * 32767 * 0.8).astype(np.int16)

@@ -25,11 +25,9 @@ LONG_ANSWER = ("Let me tell you a long story about the weather in the mountains,
 
 def mic_pcm(text: str, lead_s: float = 0.3, tail_s: float = 0.2) -> np.ndarray:
     """`text` in espeak-ng's voice (not the avatar's) as 48 kHz int16 for the fake microphone."""
-    from tests.speech_samples import espeak
+    from tests.speech_samples import espeak, mic_pcm as to_mic
 
-    speech = soxr.resample(espeak(text), 16_000, 48_000)
-    pad = np.zeros(int(lead_s * 48_000), np.float32), np.zeros(int(tail_s * 48_000), np.float32)
-    return (np.concatenate([pad[0], speech, pad[1]]) * 32767 * 0.8).astype(np.int16)
+    return to_mic(espeak(text), lead_s, tail_s)
 
 
 def rms(x: np.ndarray) -> float:

@@ -9,28 +9,20 @@ import dataclasses
 
 import numpy as np
 import pytest
-import soxr
 
 from tests import needs
 from tests.conftest import start_server
+from tests.speech_samples import mic_pcm
 from tests.spoken_sets import paused_sentence, words
 from tests.test_conversation import connect, final
 
 pytestmark = [pytest.mark.slow, needs.espeak_ng]
 
-RATE = 48_000
-
-
-def mic(audio16k: np.ndarray, lead_s: float = 0.3, tail_s: float = 0.3) -> np.ndarray:
-    speech = soxr.resample(audio16k, 16_000, RATE)
-    pad = np.zeros(int(lead_s * RATE), np.float32), np.zeros(int(tail_s * RATE), np.float32)
-    return (np.concatenate([pad[0], speech, pad[1]]) * 32767 * 0.8).astype(np.int16)
-
 
 async def ask(client, microphone, audio16k: np.ndarray) -> tuple[list[dict], dict]:
     """Play one question, wait until its answer has been spoken; the final transcripts and the turn record."""
     seen = len(client.events)
-    microphone.play(mic(audio16k))
+    microphone.play(mic_pcm(audio16k))
     await client.wait_event(final("reply"), timeout=30, since=seen)
     await client.wait_event(lambda e: e.get("type") == "speech_end", timeout=30, since=seen)
     transcripts = [e for _, e in client.events[seen:] if e.get("type") == "transcript" and e["final"]]
@@ -94,7 +86,7 @@ async def test_the_silence_detector_cuts_the_same_sentence_in_two(listen_config,
     audio, _ = paused_sentence("Tell me something about", "the history of Rome.", 600, "en-us+f3")
     client, microphone = await connect(base_url)
     try:
-        microphone.play(mic(audio))
+        microphone.play(mic_pcm(audio))
         first = await client.wait_event(final("transcript"), timeout=30)
     finally:
         await client.close()
