@@ -132,8 +132,8 @@ def load_listening(bundle: ModelBundle, config, progress: Progress = log.info) -
 
     def asr():
         language = config.speech_language
-        # CTranslate2's own choice (4 threads) took 350-390 ms for a 3 s question on 2 cores, one thread
-        # 150-170 ms (bench/bench_asr.py --threads): on small machines the threads only contend.
+        # On 2 cores one CTranslate2 thread recognised a question in p50 142 / p95 177 ms, its own choice
+        # of threads in 172 / 233 ms (bench/bench_asr.py --threads 1 | 0): the threads only contend.
         threads = 1 if (os.cpu_count() or 1) <= 2 else 0
         recognizer = SpeechRecognizer(config.asr_model, language=language, cpu_threads=threads)
         recognizer.warmup()

@@ -26,7 +26,7 @@ QUESTIONS = (
     "Who made you?",
     "What can you do?",
     "Tell me about the moon.",
-    "What is your favourite colour?",
+    "What is your favorite color?",  # Whisper writes US spelling: a British one would count as two errors
     "How old are you?",
     "What is the capital of France?",
     "What is two plus two?",
