@@ -7,7 +7,7 @@
 Each question (tests/spoken_sets.py) is spoken by espeak-ng voices unlike the avatar's, with the
 silence the VAD would keep around it (200 ms before, 160 ms after), and recognised as one turn
 the way the server does (models/asr.SpeechRecognizer, greedy, short window). Word error rate is
-jiwer's over all questions of a voice, on lower-case words with digits written out; "lost
+jiwer's over all questions of a voice, on lower-case words with digits written out; "last
 word missed" counts questions whose last word is not among the transcript's last two (misheard or
 dropped: "capital and friends"). The time is the
 recognition's wall time on this machine (the ASR stage inside a turn). Writes bench/out/asr.json (--out).
