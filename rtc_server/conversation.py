@@ -48,6 +48,9 @@ class TurnTiming:
     turn_reason: str | None = None
     turn_probability: float | None = None
     ended_by: str | None = None
+    # The silence heard when the turn ended, in stream time (unlike the stages, not moved by how
+    # late the audio arrived or how busy the machine was).
+    silence_heard_ms: float | None = None
     asr_done: float | None = None
     llm_first_token: float | None = None
     first_clause: float | None = None
@@ -187,6 +190,7 @@ class Conversation:
             timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
                                 speculated_at=speculation.started if speculation is not None else None,
                                 speculations_dropped=self._dropped)
+            timing.silence_heard_ms = round((event.detected_at - event.t) * 1000, 1)
             if judgement is not None:
                 timing.turn_verdict = judgement.verdict.value
                 timing.turn_reason = judgement.reason
