@@ -62,6 +62,7 @@ class AvatarIdle:
     def __init__(self, renderer: LipSyncRenderer, samples_per_tick: int) -> None:
         self.renderer = renderer
         self.silence = np.zeros(samples_per_tick, dtype=np.int16)
+        self.still = renderer.still_idle  # the same picture every tick: the clock may rest
 
     def idle(self, tick: int) -> AVFrame:
         return AVFrame(video=self.renderer.idle_frame(tick), audio=self.silence)
@@ -120,7 +121,7 @@ class Session:
                                config.video_max_kbps, asyncio.get_running_loop()),
             attach=self.stream.attach, detach=self.stream.detach)
         self.speaker = Speaker(voice, renderer, self.queue, executor, config.samples_per_tick,
-                               next_tick=lambda: self.stream.tick, tts_executor=work_executor,
+                               next_tick=self.stream.next_tick, tts_executor=work_executor,
                                lead_words=config.lead_words, on_cues=self._on_cues)
         self.state: State = "idle"
         self.outputs: dict[str, Output] = {}

@@ -391,3 +391,122 @@ async def test_a_speculative_reply_is_adopted_only_for_the_same_messages():
     assert spec2.reply(messages_for("hello, and what else")) is None  # the history moved on
     await asyncio.gather(*tasks, return_exceptions=True)
     assert other.closed == 1
+
+
+# ---- a resting clock --------------------------------------------------------------------
+
+
+class SteppedTime:
+    """A monotonic clock moved only by the test (`advance`); sleepers wake when their time comes."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+        self._sleepers: list[tuple[float, asyncio.Future]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.t + delay, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        end = self.t + seconds
+        while True:
+            await settle()
+            pending = [d for d, f in self._sleepers if not f.done()]
+            if not pending or min(pending) > end + 1e-12:
+                break
+            self.t = max(self.t, min(pending))
+            for item in [s for s in self._sleepers if s[0] <= self.t + 1e-12]:
+                self._sleepers.remove(item)
+                if not item[1].done():
+                    item[1].set_result(None)
+        self.t = end
+        await settle()
+
+    def clock(self, fps: int = FPS) -> MediaClock:
+        return MediaClock(fps, now=self.now, sleep=self.sleep)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+class StillIdle(Idle):
+    still = True
+
+
+class RestingRecorder(Recorder):
+    rests_when_still = True
+
+
+async def started(stream: AVStream) -> asyncio.Task:
+    stream.clock.start()
+    task = asyncio.create_task(stream.run())
+    await settle()
+    return task
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("still, rests", [(True, True), (False, True), (True, False)])
+async def test_a_still_idle_clock_emits_one_tick_a_second_only_when_every_sink_allows_it(still, rests):
+    time = SteppedTime()
+    sink = (RestingRecorder if rests else Recorder)(time)
+    stream = AVStream(time.clock(), FrameQueue(10), StillIdle() if still else Idle())
+    stream.attach(sink)
+    task = await started(stream)
+    await time.advance(5.0)
+    await stop(task)
+    emitted = [tick for tick, _, _ in sink.ticks]
+    if still and rests:
+        assert emitted == [0, 25, 50, 75, 100, 125]
+    else:
+        assert emitted == list(range(126))
+    t0 = stream.clock.t0
+    for tick, _, at in sink.ticks:
+        assert at == pytest.approx(t0 + tick / FPS, abs=1e-9), "a rest never moves the timeline"
+    assert stream.stats.ticks == 126 and stream.stats.idle_frames == 126
+    assert stream.stats.rested_ticks == 126 - len(emitted)
+
+
+async def test_a_frame_queued_during_a_rest_leaves_on_the_tick_promised_to_its_producer():
+    time = SteppedTime()
+    queue = FrameQueue(10)
+    said: list[tuple[str, str]] = []
+    stream = AVStream(time.clock(), queue, StillIdle(), on_speech=lambda e, uid: said.append((e, uid)))
+    sink = RestingRecorder(time)
+    stream.attach(sink)
+    task = await started(stream)
+    await time.advance(0.5)                 # resting, between ticks 12 and 13
+    start = stream.next_tick()
+    assert start == 13, "the next tick due, not the last one emitted"
+    await enqueue(queue, speech("u1", 3))
+    await time.advance(1.0)
+    await stop(task)
+    assert [tick for tick, _, _ in sink.ticks] == [0, 13, 14, 15]
+    assert shown(sink) == [0, 200, 201, 202]
+    t0 = stream.clock.t0
+    assert [at for _, _, at in sink.ticks[1:]] == pytest.approx([t0 + t / FPS for t in (13, 14, 15)])
+    assert said == [("start", "u1"), ("end", "u1")]
+
+
+async def test_a_sink_that_needs_every_tick_ends_the_rest_when_it_joins():
+    time = SteppedTime()
+    stream = AVStream(time.clock(), FrameQueue(10), StillIdle())
+    resting = RestingRecorder(time)
+    stream.attach(resting)
+    task = await started(stream)
+    await time.advance(0.5)
+    every = Recorder(time)
+    stream.attach(every)
+    await time.advance(0.2)                 # to tick 17
+    await stop(task)
+    assert [tick for tick, _, _ in every.ticks] == [13, 14, 15, 16, 17]
+    assert [tick for tick, _, _ in resting.ticks] == [0, 13, 14, 15, 16, 17]

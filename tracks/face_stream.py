@@ -116,6 +116,8 @@ class FaceStreamEncoder(EncodeThread):
     encoder thread (which must not block)."""
 
     name = "face-stream"
+    # A still, silent tick sends nothing but the keep-alive once a second: the clock may rest.
+    rests_when_still = True
 
     def __init__(self, width: int, height: int, fps: int, sample_rate: int, deliver: Callable[[FaceTick], None],
                  *, quality: int = 80, audio_rate: int = 24_000, backlog: int = 10) -> None:

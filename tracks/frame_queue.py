@@ -22,6 +22,7 @@ class FrameQueue:
         self._room = asyncio.Event()
         self._room.set()
         self.generation = 0
+        self._put_listeners: list[asyncio.Event] = []
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -35,7 +36,13 @@ class FrameQueue:
         if gen != self.generation:
             return False
         self._frames.append(frame)
+        for listener in self._put_listeners:
+            listener.set()
         return True
+
+    def wake_on_put(self, event: asyncio.Event) -> None:
+        """Set `event` whenever a frame is queued (the clock resting between ticks waits on it)."""
+        self._put_listeners.append(event)
 
     def holds(self, utterance_id: str) -> bool:
         return any(f.utterance_id == utterance_id for f in self._frames)

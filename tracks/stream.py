@@ -4,9 +4,15 @@ This is where the session's clock ticks. It takes the next rendered frame from t
 FrameQueue, or an idle frame when there is none, and hands the same frame with the same
 tick index to every sink (the WebRTC tracks today; recorders or other outputs later).
 It never waits for the renderer and never shifts the timeline.
+
+A clock with nothing to show rests: when the idle picture never changes (a viseme session's
+blank frame), nothing is queued and every sink says it needs no tick that brings nothing new,
+it sleeps until a frame is queued or a sink joins, and still emits one frame a second (the
+face stream's keep-alive). An idle viseme session then costs one wake a second, not 25.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -22,10 +28,15 @@ class AVSink(Protocol):
     def push(self, tick: int, frame: AVFrame) -> None:
         """Take frame `frame` for tick `tick` (must not block)."""
 
+    # Optional: `rests_when_still = True` says this sink needs no tick that repeats a still idle
+    # frame (one a second is enough); sinks without it get every tick.
+
 
 class IdleSource(Protocol):
     def idle(self, tick: int) -> AVFrame:
         """The frame for `tick` when nothing is queued."""
+
+    # Optional: `still = True` says every idle frame is the same picture and silence.
 
 
 @dataclass
@@ -36,6 +47,7 @@ class StreamStats:
     underruns: int = 0     # queue empty in the middle of an utterance: video repeated, audio silent
     late_ticks: int = 0    # ticks emitted more than a frame after their due time
     skipped_ticks: int = 0  # ticks given up after a long stall of the event loop
+    rested_ticks: int = 0   # still idle ticks no sink needed (counted in ticks and idle_frames too)
 
 
 SpeechCallback = Callable[[str, str], None]  # (event "start"|"end", utterance_id)
@@ -64,9 +76,23 @@ class AVStream:
         self.current_utterance: str | None = None
         self._last_video = None
         self.tick = 0
+        # Resting: set when a frame is queued or a sink joins.
+        self._wake = asyncio.Event()
+        queue.wake_on_put(self._wake)
+        self._resting = False
+        self._promised: int | None = None
 
     def attach(self, sink: AVSink) -> None:
         self.sinks.append(sink)
+        self._wake.set()
+
+    def next_tick(self) -> int:
+        """The tick a frame queued now leaves on (when resting, the next one due, not a stale count)."""
+        if not self._resting:
+            return self.tick
+        promised = max(self.tick, self.clock.current_tick() + 1)
+        self._promised = promised if self._promised is None else max(self._promised, promised)
+        return promised
 
     def detach(self, sink: AVSink) -> None:
         if sink in self.sinks:
@@ -88,6 +114,41 @@ class AVStream:
                     self.tick += behind
             self.emit(self.tick, self._next_frame(self.tick))
             self.tick += 1
+            if self._may_rest():
+                await self._rest()
+
+    def _may_rest(self) -> bool:
+        return (not len(self.queue) and self.current_utterance is None
+                and getattr(self.idle_source, "still", False)
+                and all(getattr(sink, "rests_when_still", False) for sink in self.sinks))
+
+    async def _rest(self) -> None:
+        """Sleep through still idle ticks until a frame is queued, a sink joins, or a second passed."""
+        keepalive = self.tick - 1 + self.clock.fps
+        self._wake.clear()
+        self._resting = True
+        woken = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self.clock.wait_for(keepalive))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._resting = False
+            for waiter in (woken, timer):
+                waiter.cancel()
+            await asyncio.gather(woken, timer, return_exceptions=True)
+        if woken.done() and not woken.cancelled():
+            # Go on from the tick promised to the frame's producer (next_tick), or the next one due.
+            floor = self.clock.current_tick()
+            target = self._promised if self._promised is not None else floor + 1
+            resume = min(keepalive, max(self.tick, target, floor))
+        else:
+            resume = keepalive
+        self._promised = None
+        rested = resume - self.tick
+        self.stats.ticks += rested
+        self.stats.idle_frames += rested
+        self.stats.rested_ticks += rested
+        self.tick = resume
 
     def _next_frame(self, tick: int) -> AVFrame:
         frame = self.queue.get_nowait()

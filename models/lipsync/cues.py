@@ -69,6 +69,8 @@ class CueRenderer(LipSyncRenderer):
     """For sessions whose client draws the avatar: no pixels worth the name (a 16x16 blank frame
     keeps video tracks valid), only cues. Costs next to nothing per tick."""
 
+    still_idle = True  # one blank picture for every idle tick: the session's clock may rest
+
     def __init__(self, fps: int, size: int = 16) -> None:
         self.fps = fps
         self.width = self.height = size

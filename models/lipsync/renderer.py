@@ -28,6 +28,7 @@ class LipSyncRenderer(ABC):
     width: int
     height: int
     fps: int
+    still_idle: bool = False  # True: idle_frame is the same picture at every tick
 
     @abstractmethod
     def idle_frame(self, tick: int) -> np.ndarray:
