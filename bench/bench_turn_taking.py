@@ -2,7 +2,7 @@
 
     python bench/bench_turn_taking.py                          # smart and silence, 10 sentences x 4 pauses
     python bench/bench_turn_taking.py --detectors smart --voices en-us+f3 en-gb+m1
-    python bench/bench_turn_taking.py --detectors smart --server-arg=--end-silence-ms=600
+    python bench/bench_turn_taking.py --detectors smart --server-arg=--turn-unsure-wait-ms=300
 
 Each sentence of tests/spoken_sets.PAUSED is spoken by espeak-ng in one breath with an SSML
 break of 300, 500, 700 or 900 ms between its halves (the real silence is measured and
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--pauses", nargs="+", type=int, default=list(PAUSES_MS))
     parser.add_argument("--sentences", type=int, default=len(PAUSED))
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra run.py argument (repeatable), e.g. --server-arg=--end-silence-ms=600")
+                        help="extra run.py argument (repeatable), e.g. --server-arg=--turn-unsure-wait-ms=300")
     parser.add_argument("--out", type=Path, default=OUT / "turn_taking.json")
     asyncio.run(main_async(parser.parse_args()))
 

@@ -98,15 +98,15 @@ class Conversation:
         self.quick_barge_in = mode == "on"
         self.lead_words = config.lead_words
         # Recognition (and the reply) start in the background after this much silence, before
-        # end_silence_ms confirms the turn; kept when it does, dropped if the user goes on. The
+        # the end of turn confirms it; kept when it does, dropped if the user goes on. The
         # VAD sends no pause for 0 or for a pause as long as the end of turn.
         self.prefetch_reply = config.speculate_after_ms > 0
         # --turn-detector smart: at that pause the words and the voice are judged (models/turn.py); a
         # finished turn ends then, an unfinished one waits up to turn_max_wait_ms of silence, and
-        # when they disagree the turn ends after end_silence_ms as with the silence detector.
+        # when they disagree the turn ends after turn_unsure_wait_ms.
         self.smart = config.turn_detector == "smart"
         self.turn_model = bundle.turn if self.smart else None
-        self.end_silence_ms = config.end_silence_ms
+        self.unsure_wait_ms = config.turn_unsure_wait_ms
         self.turn_threshold = config.turn_threshold
         pause_ms = config.speculate_after_ms or (SMART_PAUSE_MS if self.smart else None)
         self.vad = bundle.vad.stream(end_silence_ms=config.turn_max_wait_ms if self.smart else config.end_silence_ms,
@@ -210,8 +210,8 @@ class Conversation:
 
         The words come first (the speculation's recognition). Smart Turn runs only when its answer
         can change something: the words leave it open (judge_words gives None) and less than
-        end_silence_ms of silence has passed (after that, "finished" and "unsure" both end the turn
-        now; on 2 cores recognition alone takes about that long, bench/bench_turn_taking.py).
+        unsure_wait_ms of silence has passed (after that, "finished" and "unsure" both end the turn
+        now).
         """
         speculation = self._speculation
         if speculation is None:
@@ -220,7 +220,7 @@ class Conversation:
             text = await speculation.transcript()
             probability = None
             silence_ms = (self.vad.time - speech_end) * 1000
-            if (self.turn_model is not None and silence_ms < self.end_silence_ms and pause == self._pauses
+            if (self.turn_model is not None and silence_ms < self.unsure_wait_ms and pause == self._pauses
                     and judge_words(text, self.language) is None):
                 loop = asyncio.get_running_loop()
                 probability = await loop.run_in_executor(self.executor, self.turn_model.probability, audio)
@@ -239,7 +239,7 @@ class Conversation:
         if judgement.verdict is Verdict.COMPLETE:
             events = self.vad.end_after(0)
         elif judgement.verdict is Verdict.UNSURE:
-            events = self.vad.end_after(self.end_silence_ms)
+            events = self.vad.end_after(self.unsure_wait_ms)
         else:
             events = []  # unfinished: wait for more, up to --turn-max-wait-ms
         for event in events:

@@ -98,12 +98,11 @@ async def test_the_silence_detector_cuts_the_same_sentence_in_two(listen_config,
 
 
 async def test_a_finished_question_ends_on_the_verdict_before_the_silence(listen_config, listen_models):
-    """With a longer --end-silence-ms (1000), words and voice both saying finished end the turn on the
-    verdict, before that silence. (With 300 ms on 2 cores, recognition alone takes about that long,
-    so the voice model is skipped and the silence ends the turn: the test below.)"""
+    """With a longer --turn-unsure-wait-ms (1000), words and voice both saying finished end the turn on
+    the verdict, before that silence."""
     from tests.speech_samples import espeak
 
-    config = dataclasses.replace(listen_config, end_silence_ms=1000)
+    config = dataclasses.replace(listen_config, turn_unsure_wait_ms=1000)
     base_url, _, server = await start_server(config, listen_models)
     client, microphone = await connect(base_url)
     try:
@@ -125,7 +124,7 @@ async def test_a_finished_question_ends_on_the_verdict_before_the_silence(listen
 
 
 async def test_the_verdict_never_makes_a_finished_turn_wait_longer_than_the_silence(conversation_server):
-    """Default settings: a finished question ends on its verdict or the --end-silence-ms silence, never
+    """Default settings: a finished question ends on its verdict or the --turn-unsure-wait-ms silence, never
     on the 1.5 s wait for unfinished ones."""
     from tests.speech_samples import espeak
 
