@@ -35,6 +35,7 @@ from rtc_server.outputs.record import Recordings
 from rtc_server.outputs.webrtc import WebRtcPeer
 from rtc_server.outputs.websocket import WebSocketClient
 from rtc_server.session import Session, SpeechQueueFull, validate_text
+from rtc_server.sweeper import Sweeper
 from tracks.h264_feed import pick_encoder
 from tracks.vp8 import configure_vp8
 
@@ -60,6 +61,7 @@ RECORDINGS = web.AppKey("recordings", Recordings)
 ICE = web.AppKey("ice", IceServers)
 METRICS = web.AppKey("metrics", ServerMetrics)
 AVATARS = web.AppKey("avatars", AvatarLibrary)
+SWEEPER = web.AppKey("sweeper", Sweeper)
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -251,10 +253,15 @@ async def new_session(app: web.Application, avatar: str | None, voice: str | Non
     session = Session(config, bundle.tts, renderer, app[EXECUTOR], work_executor=app[WORK_EXECUTOR],
                       mode=mode, avatar=avatar or bundle.default_avatar, listener=listener,
                       listen=listen and config.listen, persona=persona, barge_in=barge_in, language=language,
-                      on_closed=lambda s: app[SESSIONS].pop(s.id, None), metrics=app[METRICS])
+                      on_closed=lambda s: session_closed(app, s), metrics=app[METRICS])
     app[SESSIONS][session.id] = session
     app[METRICS].sessions_started.inc()
     return session
+
+
+def session_closed(app: web.Application, session: Session) -> None:
+    app[SESSIONS].pop(session.id, None)
+    app[SWEEPER].session_closed()
 
 
 async def add_output(session: Session, output) -> dict:
@@ -530,6 +537,7 @@ async def _load_in_background(app: web.Application, load: Callable[[], ModelBund
     try:
         app[MODELS] = await loop.run_in_executor(None, load)
         log.info("models ready: %s", ", ".join(f"{k} {v:.1f}s" for k, v in app[MODELS].timings.items()))
+        app[SWEEPER].freeze()
     except Exception as exc:
         log.error("model loading failed: %s", exc)
         raise
@@ -557,6 +565,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app[ICE] = IceServers(parse_ice_servers(config.ice_server), config.turn_secret, config.turn_ttl_s)
     app[RECORDINGS] = Recordings(config.record_dir or (config.cache_dir or default_cache_dir().parent) / "recordings")
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
+    app[SWEEPER] = Sweeper()
     cores = os.cpu_count() or 2
     # Separate pools: a whole-sentence Piper call or an ASR pass must not delay a render batch
     # (the frame queue holds only a few hundred ms). One render thread on a 2-core machine.
@@ -579,6 +588,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
             loader.cancel()
 
     async def stop_executor(app: web.Application) -> None:
+        app[SWEEPER].close()
         app[AVATARS].close()
         app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
         app[WORK_EXECUTOR].shutdown(wait=False, cancel_futures=True)
