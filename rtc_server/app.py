@@ -565,7 +565,7 @@ def make_app(config: Config, models: ModelBundle | Callable[[], ModelBundle],
     app[ICE] = IceServers(parse_ice_servers(config.ice_server), config.turn_secret, config.turn_ttl_s)
     app[RECORDINGS] = Recordings(config.record_dir or (config.cache_dir or default_cache_dir().parent) / "recordings")
     app[METRICS] = ServerMetrics(lambda: app[SESSIONS].values())
-    app[SWEEPER] = Sweeper()
+    app[SWEEPER] = Sweeper(on_sweep=app[METRICS].gc_sweep.observe)
     cores = os.cpu_count() or 2
     # Separate pools: a whole-sentence Piper call or an ASR pass must not delay a render batch
     # (the frame queue holds only a few hundred ms). One render thread on a 2-core machine.

@@ -16,6 +16,7 @@ _STREAM_COUNTERS = {
     "underruns": ("avatar_underrun_frames", "Ticks where the renderer was late mid-utterance (video repeated)"),
     "late_ticks": ("avatar_late_ticks", "Ticks emitted more than one frame after their due time"),
     "skipped_ticks": ("avatar_skipped_ticks", "Ticks given up after a long event-loop stall"),
+    "rested_ticks": ("avatar_rested_ticks", "Still idle ticks no output needed (a resting viseme session)"),
 }
 
 
@@ -61,6 +62,10 @@ class ServerMetrics:
         self.errors = Counter("avatar_errors", "Errors reported to clients, by stage", ["stage"],
                               registry=self.registry)
         self.sessions_started = Counter("avatar_sessions_started", "Sessions created", registry=self.registry)
+        # Every session's clock waits while it runs: the sweep after sessions close (rtc_server/sweeper.py).
+        self.gc_sweep = Histogram("avatar_gc_sweep_seconds", "Garbage collections run after sessions closed",
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+                                  registry=self.registry)
 
     def session_ended(self, session) -> None:
         self._sessions.retire(session)

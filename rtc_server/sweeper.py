@@ -14,12 +14,26 @@ and one runs a little after sessions close (coalesced), instead of whenever Pyth
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 log = logging.getLogger(__name__)
+
+
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), or None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
 
 
 @dataclass
@@ -32,11 +46,16 @@ class SweepStats:
 class Sweeper:
     """Runs a full garbage collection `delay_s` after a session closes (one for several closes)."""
 
-    def __init__(self, delay_s: float = 2.0) -> None:
+    def __init__(self, delay_s: float = 2.0, on_sweep: Callable[[float], None] | None = None) -> None:
+        """on_sweep: gets each sweep's duration in seconds (the /metrics histogram)."""
         self.delay_s = delay_s
+        self.on_sweep = on_sweep
         self.frozen = False
         self.stats = SweepStats()
         self._pending: asyncio.TimerHandle | None = None
+        # What the collection freed goes back to the system: glibc keeps freed blocks of a closed
+        # session's many small objects in its per-thread arenas otherwise.
+        self._trim = malloc_trim()
 
     def freeze(self) -> None:
         """Everything alive now (the models, the code) is never scanned again; sweeps start."""
@@ -58,7 +77,12 @@ class Sweeper:
         self._pending = None
         start = time.perf_counter()
         found = gc.collect()
-        self.stats.last_ms = round((time.perf_counter() - start) * 1000, 2)
+        if self._trim is not None:
+            self._trim()
+        took = time.perf_counter() - start
+        self.stats.last_ms = round(took * 1000, 2)
+        if self.on_sweep is not None:
+            self.on_sweep(took)
         self.stats.sweeps += 1
         self.stats.collected += found
         log.debug("swept %d unreachable objects in %.1f ms", found, self.stats.last_ms)

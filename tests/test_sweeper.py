@@ -40,7 +40,8 @@ def encoder_left_behind() -> int:
 
 
 async def test_a_sweep_after_sessions_close_frees_their_encoders_threads():
-    sweeper = Sweeper(delay_s=0.05)
+    durations: list[float] = []
+    sweeper = Sweeper(delay_s=0.05, on_sweep=durations.append)
     gc.collect()
     start = threads()
     sweeper.freeze()
@@ -51,7 +52,7 @@ async def test_a_sweep_after_sessions_close_frees_their_encoders_threads():
         sweeper.session_closed()    # two closes, one sweep
         assert threads() == start + left, "nothing is swept before the delay"
         await asyncio.sleep(0.3)
-        assert sweeper.stats.sweeps == 1 and sweeper.stats.collected > 0
+        assert sweeper.stats.sweeps == 1 and sweeper.stats.collected > 0 and len(durations) == 1
         assert threads() == start
     finally:
         sweeper.close()
