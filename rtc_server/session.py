@@ -371,6 +371,7 @@ class Session:
                 "repeated_frames": self.speaker.repeated_frames,
                 "late_ticks": s.late_ticks,
                 "skipped_ticks": s.skipped_ticks,
+                "rested_ticks": s.rested_ticks,
                 "queue_depth": len(self.queue),
                 **(owner["stats"] if owner is not None else {}),
             },

@@ -37,3 +37,65 @@ async def test_cues_come_on_the_data_channel_ahead_of_the_voice_on_the_audio_tra
             (loud[0], loud[-1], voiced[0], voiced[-1])
     finally:
         await client.close()
+
+
+async def test_an_idle_viseme_socket_session_rests_and_its_speech_lands_where_its_cues_say(media_server):
+    """Over the WebSocket: silent and still, the clock wakes once a second (the keep-alive tick);
+    asked to speak, it ticks every frame again, and the voice's first tick is the media time of
+    the utterance's cues (the tick promised to the speaker while the clock was resting)."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    from tracks.face_stream import FLAG_SPEECH, TICK_HEADER
+
+    base_url, _ = media_server
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base_url + "/sessions", json={"listen": False, "visemes": True}) as resp:
+            made = await resp.json()
+        auth = {"Authorization": f"Bearer {made['token']}"}
+        path = f"{base_url}/sessions/{made['session_id']}"
+        ws = await http.ws_connect(f"{path}/ws?token={made['token']}")
+        ticks: list[tuple[float, int, float, bool]] = []  # (arrival, tick, media time, speech)
+        events: list[dict] = []
+
+        async def read() -> None:
+            loop = asyncio.get_running_loop()
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    _, flags, _, tick, media_time, *_ = TICK_HEADER.unpack_from(message.data)
+                    ticks.append((loop.time(), tick, media_time, bool(flags & FLAG_SPEECH)))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    events.append(json.loads(message.data))
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.sleep(3.3)
+            async with http.get(path, headers=auth) as resp:
+                stats = (await resp.json())["stats"]
+            idle = list(ticks)
+            assert 2 <= len(idle) <= 5, f"{len(idle)} tick messages in 3.3 s of silence"
+            assert stats["rested_ticks"] >= 60 and stats["ticks"] >= 75, stats
+
+            async with http.post(path + "/say", json={"text": "Peter Piper picked a peck of pickled peppers."},
+                                 headers=auth) as resp:
+                uid = (await resp.json())["utterance_id"]
+            for _ in range(200):
+                if any(e.get("type") == "speech_end" and e.get("utterance_id") == uid for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("no speech_end")
+        finally:
+            reader.cancel()
+            await ws.close()
+    speech = [t for t in ticks[len(idle):] if t[3]]
+    numbers = [t[1] for t in speech]
+    # (a tick of digital silence inside the utterance, a renderer underrun, sends nothing)
+    assert len(numbers) > 50 and numbers == sorted(set(numbers)) and numbers[-1] - numbers[0] < len(numbers) + 5, \
+        "the voice's ticks come in order, every one (the clock no longer rests)"
+    assert all(media_time == pytest.approx(tick / 25) for _, tick, media_time, _ in speech)
+    first_cues = next(e for e in events if e.get("type") == "visemes" and e["utterance_id"] == uid)
+    assert first_cues["start"] == pytest.approx(speech[0][2], abs=1e-6), \
+        f"cues placed at {first_cues['start']} s, the voice starts at {speech[0][2]} s"
