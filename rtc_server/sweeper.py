@@ -1,11 +1,12 @@
 """Frees what closed sessions leave in reference cycles soon after they close.
 
-PyAV's filter graphs (the resampler inside every Opus encoder's `encode`) point back and forth
-between the graph and its filters, so a closed session's encoder is freed only by Python's
-cyclic collector, and with it a pool of FFmpeg threads (two on a 2-core machine) and a few MB.
-With the models loaded, a full collection scans about 220,000 objects (130 ms on 2 cores), so
-Python runs one rarely, and every one of them stalls the clock of every live session: after 60
-connect cycles 30 such threads and 60 MB were still waiting for one (bench_endurance.py cycles).
+aiortc's peer objects refer to each other (connection, transceivers, senders, tracks), so a closed
+session's WebRTC side, its audio track with its Opus encoder among it, is freed only by Python's
+cyclic collector, and with the encoder a pool of FFmpeg threads (its resampler's filter graph: two
+on a 2-core machine) and a few MB. With the models loaded a full collection scans about 220,000
+objects (130 ms on 2 cores), so Python runs one rarely, and every one stalls the clock of every
+live session: after 60 connect cycles 30 such threads and 60 MB were still waiting for one
+(bench_endurance.py cycles).
 
 So: once the models are loaded, `freeze()` moves everything alive into the permanent
 generation that collections skip; then a full collection only scans what sessions made since,
