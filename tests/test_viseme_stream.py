@@ -90,6 +90,9 @@ async def test_an_idle_viseme_socket_session_rests_and_its_speech_lands_where_it
         finally:
             reader.cancel()
             await ws.close()
+            # The server is shared with other tests: free the slot now, not after --idle-session-s.
+            async with http.delete(path, headers=auth) as resp:
+                assert resp.status == 204
     speech = [t for t in ticks[len(idle):] if t[3]]
     numbers = [t[1] for t in speech]
     # (a tick of digital silence inside the utterance, a renderer underrun, sends nothing)
