@@ -189,8 +189,8 @@ class Conversation:
             self.user_speaking = False
             timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
                                 speculated_at=speculation.started if speculation is not None else None,
-                                speculations_dropped=self._dropped)
-            timing.silence_heard_ms = round((event.detected_at - event.t) * 1000, 1)
+                                speculations_dropped=self._dropped,
+                                silence_heard_ms=round((event.detected_at - event.t) * 1000, 1))
             if judgement is not None:
                 timing.turn_verdict = judgement.verdict.value
                 timing.turn_reason = judgement.reason
