@@ -11,6 +11,9 @@ one core, divided by the sessions); then how many such sessions the server holds
 For comparison, a full-frame JPEG stream at the same quality, computed here from the avatar's own
 frames (bench_vp8.avatar_frames) plus the same audio.
 
+For reference, what synthesis alone costs while a session talks: Piper on the same text, in this
+process, one onnxruntime thread as the server uses on 2 cores (CPU seconds per second of speech).
+
 Targets (issue 12): face stream under half the bytes of a full-frame JPEG stream; a viseme
 session under 1 % of a core.
 """
@@ -143,6 +146,18 @@ def full_frame_jpeg_bytes_per_s(quality: int, audio_rate: int) -> float:
     return sum(sizes) / len(sizes) * 25 + audio_rate * 2
 
 
+def synthesis_share(text: str = TALK, runs: int = 3) -> float:
+    """Percent of a core Piper spends per second of the speech it makes from `text`."""
+    from models.tts import PiperTTS
+
+    voice = PiperTTS(sample_rate=48_000, intra_op_threads=1)
+    voice.warmup()
+    seconds, start = 0.0, time.process_time()
+    for _ in range(runs):
+        seconds += sum(chunk.duration for chunk in voice.synthesize(text))
+    return 100.0 * (time.process_time() - start) / seconds
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -155,6 +170,8 @@ async def main() -> None:
     results["full_frame_jpeg_bytes_per_s"] = round(full_frame_jpeg_bytes_per_s(80, 24_000))
     print(f"full-frame JPEG stream (q80, 512x512, speaking) + 24 kHz audio: "
           f"{results['full_frame_jpeg_bytes_per_s'] / 1000:.0f} kB/s", flush=True)
+    results["synthesis_pct_while_talking"] = round(synthesis_share(), 1)
+    print(f"Piper alone, talking without pause: {results['synthesis_pct_while_talking']:.1f} % of a core", flush=True)
     server = ServerProcess("light-clients", ["--listen", "false", "--max-sessions", str(max(counts) + 1),
                                              "--max-queued-utterances", "4"])
     await server.start()
