@@ -2,19 +2,25 @@
 
     python bench/bench_endurance.py cycles [--cycles 200]
     python bench/bench_endurance.py soak [--minutes 30]
+    python bench/bench_endurance.py gc
 
 cycles: a real server (`run.py --listen false`) in its own process; each cycle connects an aiortc
 peer, waits for media, asks for a sentence, and ends in one of three ways in turn: the peer closes
 cleanly, the client DELETEs the session first, or the peer's process is killed (no goodbye at
 all; the server notices the silence). After a warm-up of 20 cycles, and again at the end once the
 server holds no session: its sessions, threads, open files and RSS. Targets (issue 13): 0
-leaked sessions, threads and fds; RSS growth at most 20 MB.
+leaked sessions, threads and fds; RSS growth at most 20 MB. Also the server's garbage sweeps after
+sessions closed (rtc_server/sweeper.py, from /metrics): how many and how long each held the loop.
 
 soak: one peer receives while the avatar talks without pause (a text said again whenever less
 than two wait); every minute: frames received per second, freezes (no complete video frame for
 more than 200 ms), the server's A/V frame counts (audio packets sent against two per video
 frame: drift would show as a growing difference), and the server's RSS. Targets: 25.0 fps, 0
 freezes, drift at most 1 frame, RSS flat.
+
+gc: in this process, with the server's models loaded: objects tracked and what a full garbage
+collection costs (it holds the event loop, so every session's clock), before and after the
+models are frozen out of collection as the server does.
 """
 from __future__ import annotations
 
@@ -56,6 +62,45 @@ def process_figures(pid: int) -> dict:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {"threads": int(fields["Threads"]), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1)}
+
+
+async def sweep_figures(base_url: str) -> dict:
+    """The server's garbage sweeps so far, from its /metrics histogram avatar_gc_sweep_seconds."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base_url + "/metrics") as resp:
+            text = await resp.text()
+    values = {name: float(value) for name, value in
+              (line.split() for line in text.splitlines() if line.startswith("avatar_gc_sweep_seconds_"))
+              if name in ("avatar_gc_sweep_seconds_sum", "avatar_gc_sweep_seconds_count")}
+    count = int(values.get("avatar_gc_sweep_seconds_count", 0))
+    total = values.get("avatar_gc_sweep_seconds_sum", 0.0)
+    return {"count": count, "mean_ms": round(1000 * total / count, 1) if count else None}
+
+
+def collection_cost() -> dict:
+    """Objects tracked and the time of a full collection with the models loaded, unfrozen and frozen."""
+    import gc
+
+    from models.bundle import load_models
+    from rtc_server.config import parse_config
+
+    bundle = load_models(parse_config([]), progress=lambda message: None)
+
+    def full_ms() -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            gc.collect()
+            times.append((time.perf_counter() - start) * 1000)
+        return round(min(times), 1)
+
+    result = {"objects": len(gc.get_objects()), "full_collection_ms": full_ms()}
+    gc.freeze()
+    result["frozen_full_collection_ms"] = full_ms()
+    del bundle
+    print(f"{result['objects']} objects tracked with the models loaded: a full collection takes "
+          f"{result['full_collection_ms']} ms, {result['frozen_full_collection_ms']} ms once they are frozen")
+    return result
 
 
 async def one_cycle(server: ServerProcess, way: str) -> None:
@@ -101,14 +146,17 @@ async def cycles(count: int, warmup: int = 20) -> dict:
         drained = await server.wait_sessions(0, 30)
         after = await settled_figures(server.pid)
         sessions = (await server.health())["sessions"]
+        sweeps = await sweep_figures(server.url)
     finally:
         server.stop()
     assert before is not None
     result = {"cycles": count, "warmup": warmup, "before": before, "after": after, "sessions_left": sessions,
               "drained": drained, "leaked_threads": after["threads"] - before["threads"],
-              "leaked_fds": after["fds"] - before["fds"], "rss_growth_mb": round(after["rss_mb"] - before["rss_mb"], 1)}
+              "leaked_fds": after["fds"] - before["fds"], "rss_growth_mb": round(after["rss_mb"] - before["rss_mb"], 1),
+              "gc_sweeps": sweeps}
     print(f"after {count} cycles: {after}; sessions left {sessions}, threads {result['leaked_threads']:+d}, "
-          f"fds {result['leaked_fds']:+d}, RSS {result['rss_growth_mb']:+.1f} MB")
+          f"fds {result['leaked_fds']:+d}, RSS {result['rss_growth_mb']:+.1f} MB; {sweeps['count']} garbage sweeps, "
+          f"{sweeps['mean_ms']} ms each on average")
     return result
 
 
@@ -164,11 +212,14 @@ async def soak(minutes: float) -> dict:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cycles", "soak"])
+    parser.add_argument("what", choices=["cycles", "soak", "gc"])
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--minutes", type=float, default=30.0)
     args = parser.parse_args()
-    result = await cycles(args.cycles) if args.what == "cycles" else await soak(args.minutes)
+    if args.what == "gc":
+        result = collection_cost()
+    else:
+        result = await cycles(args.cycles) if args.what == "cycles" else await soak(args.minutes)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"bench_endurance_{args.what}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))

@@ -68,7 +68,7 @@ class Config:
     turn_threshold: float = 0.5       # Smart Turn probability at or above which a turn is finished
     turn_max_wait_ms: int = 1500      # silence that ends a turn judged unfinished
     # Silence that ends a turn when words and voice disagree. bench_turn_taking (10 sentences with
-    # mid-sentence pauses): 300 ms cut off 4 of 10 at a 500 ms pause, 600 ms 1 of 10.
+    # mid-sentence pauses): 300 ms cut off 4 of 10 at a 500 ms pause, 600 ms 1-2 of 10.
     turn_unsure_wait_ms: int = 600
     barge_in: bool = True
     barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)

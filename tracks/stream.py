@@ -87,7 +87,9 @@ class AVStream:
         self._wake.set()
 
     def next_tick(self) -> int:
-        """The tick a frame queued now leaves on (when resting, the next one due, not a stale count)."""
+        """The tick a frame queued now leaves on (when resting, the next one due, not a stale count).
+
+        While resting this is a promise: the rest ends on that tick when the frame comes."""
         if not self._resting:
             return self.tick
         promised = max(self.tick, self.clock.current_tick() + 1)
