@@ -256,11 +256,14 @@ class Session:
         elif uid in self._utterances:
             self._end_utterance(uid, interrupted=False)
 
-    def _on_cues(self, uid: str, start_tick: int, cues: list) -> None:
-        """Mouth cues of a chunk about to play (viseme mode), on the audio's media time."""
+    def _on_cues(self, uid: str, start_tick: int, cues: list, audio: np.ndarray) -> None:
+        """Mouth cues of a chunk about to play (viseme mode), on the audio's media time, then its
+        voice to the outputs that carry it in messages of their own."""
         offset = start_tick / self.config.fps
         self.events.send({"type": "visemes", "utterance_id": uid, "start": round(offset, 3),
                           "cues": [cue.to_json(offset) for cue in cues]})
+        for output in self.outputs.values():
+            output.voice_ahead(uid, start_tick, audio)
 
     def _end_utterance(self, uid: str, interrupted: bool) -> None:
         self._utterances.pop(uid, None)
@@ -369,6 +372,7 @@ class Session:
                 "idle_frames": s.idle_frames,
                 "underruns": s.underruns,
                 "repeated_frames": self.speaker.repeated_frames,
+                "synthesis_cpu_s": round(self.speaker.synthesis_cpu_s, 3),
                 "late_ticks": s.late_ticks,
                 "skipped_ticks": s.skipped_ticks,
                 "rested_ticks": s.rested_ticks,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from concurrent.futures import Executor
 from typing import AsyncIterable, Callable, Iterator, Protocol
 
@@ -77,6 +78,7 @@ class Speaker:
         self.next_tick = next_tick
         self.lead_words = lead_words  # longest opening phrase synthesized on its own (0: whole sentences)
         self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
+        self.synthesis_cpu_s = 0.0  # CPU time the voice took (its worker thread's), for the CPU benches
         self.on_cues = on_cues    # mouth cues of each chunk, from renderers that make them (viseme mode)
 
     async def speak(self, utterance_id: str, texts: AsyncIterable[str],
@@ -122,11 +124,12 @@ class Speaker:
                     source = await loop.run_in_executor(self.executor, self.renderer.begin, chunk, start_tick)
                 except Exception as exc:
                     raise SpeechFailed("render", exc) from exc
-                cues = getattr(source, "cues", None)
-                if cues is not None and self.on_cues is not None:
-                    self.on_cues(utterance_id, start_tick, cues)  # ahead of the chunk's first frame
                 audio = split_ticks(chunk.audio, self.samples_per_tick)
                 n = min(source.n_frames, len(audio))
+                cues = getattr(source, "cues", None)
+                if cues is not None and self.on_cues is not None:
+                    # Ahead of the chunk's first frame: its cues, and the voice those frames carry.
+                    self.on_cues(utterance_id, start_tick, cues, np.concatenate(audio[:n]) if n else chunk.audio[:0])
                 last_video = None  # each chunk opens with a rendered batch
                 first_batch = FIRST_BATCH if held is None else RENDER_BATCH
                 for start, count in render_batches(n, first_batch):
@@ -168,7 +171,11 @@ class Speaker:
                 first = False
                 for piece in pieces:
                     chunks = self.voice.synthesize(piece)
-                    while (chunk := await loop.run_in_executor(self.tts_executor, next, chunks, None)) is not None:
+                    while True:
+                        chunk, cpu_s = await loop.run_in_executor(self.tts_executor, _timed_next, chunks)
+                        self.synthesis_cpu_s += cpu_s
+                        if chunk is None:
+                            break
                         # Where one sentence was said in two texts, no sentence pause between them.
                         open_sentence = not ends_sentence(chunk.text or piece)
                         await out.put(tighten(chunk, head=after_open_sentence, tail=open_sentence))
@@ -182,7 +189,15 @@ class Speaker:
         await out.put(None)
 
 
-CueCallback = Callable[[str, int, list], None]  # (utterance id, first tick of the chunk, its MouthCues)
+def _timed_next(chunks: Iterator[SpeechChunk]) -> tuple[SpeechChunk | None, float]:
+    """The next chunk (None at the end) and the CPU seconds this thread spent making it."""
+    start = time.thread_time()
+    chunk = next(chunks, None)
+    return chunk, time.thread_time() - start
+
+
+# (utterance id, first tick of the chunk, its MouthCues, its audio: int16, whole ticks)
+CueCallback = Callable[[str, int, list, np.ndarray], None]
 
 
 class TickSource(Protocol):

@@ -2,13 +2,15 @@
 // paint or draw the avatar themselves: static/ws.html (face regions) and static/visemes.html
 // (a face drawn from mouth cues). No dependencies, no build step.
 //
-// Each tick's audio is scheduled with WebAudio at its media time (plus a small lead for network
-// jitter), so `mediaTimeHeard()` is what the user hears now; a page shows each picture, or mouth
-// shape, when that media time comes. The microphone goes up as 16 kHz int16 PCM. The socket
+// Each tick's audio (or, in a viseme session, each chunk of voice sent ahead) is scheduled with
+// WebAudio at its media time (plus a small lead for network jitter), so `mediaTimeHeard()` is what
+// the user hears now; a page shows each picture, or mouth shape, when that media time comes. The
+// ticks alone set the clock: they leave the server when their media time is played there. The microphone goes up as 16 kHz int16 PCM. The socket
 // reconnects by itself; a session that is gone is replaced by a new one.
 "use strict";
 
-const HEADER_BYTES = 36;  // TICK_HEADER in tracks/face_stream.py
+const KIND_TICK = 1;   // TICK_HEADER in tracks/face_stream.py
+const KIND_VOICE = 2;  // VOICE_HEADER: a viseme session's voice, one chunk ahead of playback
 const MIC_RATE = 16000;
 
 export class AvatarSocket {
@@ -24,6 +26,7 @@ export class AvatarSocket {
     this.state = "starting";
     this.events = [];
     this.ticks = 0;
+    this.voiceChunks = 0;
     this.bytes = 0;
     this.reconnects = 0;
     this.micSent = 0;
@@ -33,6 +36,7 @@ export class AvatarSocket {
     this.audio = null;
     this.base = null;         // audio-clock time of media time 0
     this.sources = [];
+    this.pendingVoice = [];   // voice that came before the first tick set the clock
     this.backoff = 500;
     this.loud = false;
     this.loudness = [];       // [audio-clock time heard, RMS] per animation frame, while sound plays
@@ -109,6 +113,7 @@ export class AvatarSocket {
     this.setState("reconnecting");
     this.reconnects += 1;
     this.base = null;
+    this.pendingVoice = [];
     setTimeout(() => this.connect(), this.backoff);
     this.backoff = Math.min(this.backoff * 2, 8000);
   }
@@ -133,12 +138,46 @@ export class AvatarSocket {
     // What was already scheduled of an interrupted answer must not play on.
     for (const s of this.sources) { try { s.stop(); } catch (e) { /* already ended */ } }
     this.sources = [];
+    this.pendingVoice = [];
+  }
+
+  /** Play int16 `pcm` (copied out of the message) at media time `mediaTime`. */
+  play(pcm, rate, mediaTime) {
+    const ctx = this.audioContext();
+    const out = ctx.createBuffer(1, pcm.length, rate);
+    const data = out.getChannelData(0);
+    for (let i = 0; i < pcm.length; i++) data[i] = pcm[i] / 32768;
+    const src = ctx.createBufferSource();
+    src.buffer = out;
+    src.connect(this.analyser);
+    const when = this.base + mediaTime;
+    // Late (a stalled socket): what should already have been heard is skipped, the rest stays in step.
+    const late = Math.max(0, ctx.currentTime - when);
+    if (late >= out.duration) return;
+    src.start(when + late, late);
+    this.sources.push(src);
+    src.onended = () => { this.sources = this.sources.filter((s) => s !== src); };
+  }
+
+  onVoice(buffer, v) {
+    const header = v.getUint16(2, true), mediaTime = v.getFloat64(4, true);
+    const rate = v.getUint32(12, true), samples = v.getUint32(16, true), idBytes = v.getUint16(20, true);
+    const voice = {
+      utteranceId: new TextDecoder().decode(new Uint8Array(buffer, 22, idBytes)), mediaTime, rate,
+      pcm: new Int16Array(buffer, header, samples),  // (the server puts the samples on an even byte)
+    };
+    this.voiceChunks += 1;
+    if (this.base === null) this.pendingVoice.push(voice);
+    else this.play(voice.pcm, rate, mediaTime);
+    this.options.onVoice?.(voice);
   }
 
   onBinary(buffer) {
     if (!this.hello) return;
     this.bytes += buffer.byteLength;
     const v = new DataView(buffer);
+    if (v.getUint8(0) === KIND_VOICE) return this.onVoice(buffer, v);
+    if (v.getUint8(0) !== KIND_TICK) return;  // a kind this page does not know: skipped
     const header = v.getUint16(2, true);
     const tick = {
       flags: v.getUint8(1), full: (v.getUint8(1) & 1) !== 0, speech: (v.getUint8(1) & 2) !== 0,
@@ -150,19 +189,12 @@ export class AvatarSocket {
     const ctx = this.audioContext();
     if (this.base === null || this.base + tick.mediaTime < ctx.currentTime + 0.02) {
       this.base = ctx.currentTime + this.lead - tick.mediaTime;  // (re)anchor: first tick, or after a stall
+      for (const voice of this.pendingVoice) this.play(voice.pcm, voice.rate, voice.mediaTime);
+      this.pendingVoice = [];
     }
     if (samples) {
       const start = header + jpegBytes;  // may be odd (any JPEG length): copy out to align the samples
-      const pcm = new Int16Array(buffer.slice(start, start + samples * 2));
-      const out = ctx.createBuffer(1, samples, rate);
-      const data = out.getChannelData(0);
-      for (let i = 0; i < samples; i++) data[i] = pcm[i] / 32768;
-      const src = ctx.createBufferSource();
-      src.buffer = out;
-      src.connect(this.analyser);
-      src.start(this.base + tick.mediaTime);
-      this.sources.push(src);
-      src.onended = () => { this.sources = this.sources.filter((s) => s !== src); };
+      this.play(new Int16Array(buffer.slice(start, start + samples * 2)), rate, tick.mediaTime);
     }
     tick.jpeg = tick.box[2] > 0 ? new Uint8Array(buffer, header, jpegBytes) : null;
     this.options.onTick?.(tick);

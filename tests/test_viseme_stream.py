@@ -39,35 +39,45 @@ async def test_cues_come_on_the_data_channel_ahead_of_the_voice_on_the_audio_tra
         await client.close()
 
 
-async def test_an_idle_viseme_socket_session_rests_and_its_speech_lands_where_its_cues_say(media_server):
-    """Over the WebSocket: silent and still, the clock wakes once a second (the keep-alive tick);
-    asked to speak, it ticks every frame again, and the voice's first tick is the media time of
-    the utterance's cues (the tick promised to the speaker while the clock was resting)."""
+async def test_a_viseme_socket_session_rests_and_sends_its_voice_ahead_where_its_cues_say(media_server):
+    """Over the WebSocket: silent and still, the clock wakes once a second (the keep-alive tick).
+    Asked to speak, each chunk's cues come and then its voice in one message, before the chunk
+    plays; the ticks stay silent and rare. The voice messages follow one another without a gap, the
+    first at the media time of the utterance's first cues (the tick promised to the speaker while
+    the clock was resting), and the voice heard there is loud where the cues open the mouth."""
     import asyncio
     import json
 
     import aiohttp
 
-    from tracks.face_stream import FLAG_SPEECH, TICK_HEADER
+    from tracks.face_stream import KIND_TICK, KIND_VOICE, TICK_HEADER, VOICE_HEADER
 
     base_url, _ = media_server
+    ticks: list[tuple[float, int, float, int]] = []  # (arrival, tick, media time, audio samples)
+    voices: list[tuple[float, str, float, np.ndarray]] = []  # (arrival, utterance, media time, int16 audio)
+    events: list[tuple[float, dict]] = []
     async with aiohttp.ClientSession() as http:
         async with http.post(base_url + "/sessions", json={"listen": False, "visemes": True}) as resp:
             made = await resp.json()
         auth = {"Authorization": f"Bearer {made['token']}"}
         path = f"{base_url}/sessions/{made['session_id']}"
         ws = await http.ws_connect(f"{path}/ws?token={made['token']}")
-        ticks: list[tuple[float, int, float, bool]] = []  # (arrival, tick, media time, speech)
-        events: list[dict] = []
 
         async def read() -> None:
             loop = asyncio.get_running_loop()
             async for message in ws:
                 if message.type == aiohttp.WSMsgType.BINARY:
-                    _, flags, _, tick, media_time, *_ = TICK_HEADER.unpack_from(message.data)
-                    ticks.append((loop.time(), tick, media_time, bool(flags & FLAG_SPEECH)))
+                    data = message.data
+                    if data[0] == KIND_TICK:
+                        _, _, _, tick, media_time, *_, samples = TICK_HEADER.unpack_from(data)
+                        ticks.append((loop.time(), tick, media_time, samples))
+                    elif data[0] == KIND_VOICE:
+                        _, _, size, media_time, rate, samples, id_bytes = VOICE_HEADER.unpack_from(data)
+                        assert rate == 24_000 and size % 2 == 0 and len(data) == size + 2 * samples
+                        uid = data[VOICE_HEADER.size:VOICE_HEADER.size + id_bytes].decode()
+                        voices.append((loop.time(), uid, media_time, np.frombuffer(data[size:], dtype="<i2")))
                 elif message.type == aiohttp.WSMsgType.TEXT:
-                    events.append(json.loads(message.data))
+                    events.append((asyncio.get_running_loop().time(), json.loads(message.data)))
 
         reader = asyncio.create_task(read())
         try:
@@ -82,23 +92,49 @@ async def test_an_idle_viseme_socket_session_rests_and_its_speech_lands_where_it
                                  headers=auth) as resp:
                 uid = (await resp.json())["utterance_id"]
             for _ in range(200):
-                if any(e.get("type") == "speech_end" and e.get("utterance_id") == uid for e in events):
+                if any(e.get("type") == "speech_end" and e.get("utterance_id") == uid for _, e in events):
                     break
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("no speech_end")
+            async with http.get(path, headers=auth) as resp:
+                talked = (await resp.json())["stats"]
         finally:
             reader.cancel()
             await ws.close()
             # The server is shared with other tests: free the slot now, not after --idle-session-s.
             async with http.delete(path, headers=auth) as resp:
                 assert resp.status == 204
-    speech = [t for t in ticks[len(idle):] if t[3]]
-    numbers = [t[1] for t in speech]
-    # (a tick of digital silence inside the utterance, a renderer underrun, sends nothing)
-    assert len(numbers) > 50 and numbers == sorted(set(numbers)) and numbers[-1] - numbers[0] < len(numbers) + 5, \
-        "the voice's ticks come in order, every one (the clock no longer rests)"
-    assert all(media_time == pytest.approx(tick / 25) for _, tick, media_time, _ in speech)
-    first_cues = next(e for e in events if e.get("type") == "visemes" and e["utterance_id"] == uid)
-    assert first_cues["start"] == pytest.approx(speech[0][2], abs=1e-6), \
-        f"cues placed at {first_cues['start']} s, the voice starts at {speech[0][2]} s"
+    fps, rate = 25, 24_000
+    assert all(samples == 0 for *_, samples in ticks), "a viseme session's ticks carry no audio"
+    talking_s = (talked["ticks"] - stats["ticks"]) / fps
+    assert len(ticks) - len(idle) <= talking_s + 3, f"{len(ticks) - len(idle)} tick messages in {talking_s:.1f} s"
+
+    cue_events = [(t, e) for t, e in events if e.get("type") == "visemes" and e["utterance_id"] == uid]
+    mine = [v for v in voices if v[1] == uid]
+    assert len(mine) == len(cue_events) >= 1, (len(mine), len(cue_events))
+    # Each chunk: its cues first, then its voice, from the same media time; the chunks follow on.
+    for (cue_at, cue), (voice_at, _, start, _) in zip(cue_events, mine):
+        assert cue_at <= voice_at and cue["start"] == pytest.approx(start, abs=1e-6)
+    for (_, _, start, audio), (_, _, following, _) in zip(mine, mine[1:]):
+        assert start + len(audio) / rate == pytest.approx(following, abs=1e-6), "a gap or overlap between chunks"
+    # Ahead of playback: the server's clock, read from the ticks' arrival (arrival - media time
+    # is smallest for the least delayed tick), had not reached a chunk's start when it arrived.
+    offset = min(arrival - media_time for arrival, _, media_time, _ in ticks)
+    lead = [start - (arrival - offset) for arrival, _, start, _ in mine]
+    assert min(lead) > 0, f"voice arrived {min(lead) * 1000:.0f} ms after its media time"
+
+    # The voice, laid on its media time, is loud where the cues open the mouth and quiet where
+    # they close it (10 ms windows), and its loud stretch spans the voiced cues.
+    t0 = mine[0][2]
+    voice = np.concatenate([audio for *_, audio in mine]).astype(float)
+    window = rate // 100
+    rms = np.sqrt((voice[: len(voice) // window * window].reshape(-1, window) ** 2).mean(axis=1))
+    times = t0 + (np.arange(len(rms)) + 0.5) / 100
+    cues = [c for _, e in cue_events for c in e["cues"]]
+    voiced = [c for c in cues if c["v"] != "sil"]
+    in_voiced = np.array([any(c["start"] <= t < c["end"] for c in voiced) for t in times])
+    assert rms[in_voiced].mean() > 4 * rms[~in_voiced].mean(), "the voice does not follow its cues"
+    loud = times[rms > 1000]
+    assert abs(loud[0] - voiced[0]["start"]) < 0.1 and voiced[-1]["end"] - 0.3 < loud[-1] < voiced[-1]["end"] + 0.05, \
+        (loud[0], loud[-1], voiced[0], voiced[-1])

@@ -28,6 +28,12 @@ TICK_HEADER = struct.Struct("<BBHIdHHHHIII")
 KIND_TICK = 1
 FLAG_FULL = 1
 FLAG_SPEECH = 2
+# A chunk of voice sent ahead of playback (viseme sessions, whose ticks carry no audio):
+# kind u8 (2), flags u8 (0), header size u16 (where the audio starts), media time f64 (s) of its
+# first sample, audio rate u32, audio samples u32, utterance id bytes u16; then the utterance id
+# (UTF-8), padding to an even offset, then the audio as int16 mono.
+VOICE_HEADER = struct.Struct("<BBHdIIH")
+KIND_VOICE = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,21 @@ class RegionTracker:
         return False, (x0, y0, x1 - x0, y1 - y0)
 
 
+def voice_message(utterance_id: str, media_time: float, audio: np.ndarray, audio_rate: int) -> bytes:
+    """One chunk of an utterance's voice, int16 mono at `audio_rate`, to be heard from `media_time` on."""
+    uid = utterance_id.encode()
+    size = VOICE_HEADER.size + len(uid)
+    size += size % 2  # the samples start on an even byte: a page can view them as an Int16Array
+    header = VOICE_HEADER.pack(KIND_VOICE, 0, size, media_time, audio_rate, len(audio), len(uid))
+    return header + uid + b"\0" * (size - VOICE_HEADER.size - len(uid)) + audio.astype("<i2").tobytes()
+
+
+def downsample(pcm: np.ndarray, step: int) -> np.ndarray:
+    """int16 audio at 1/step of its rate: the mean of each group of `step` samples (the voice has
+    next to nothing above 12 kHz to fold back), so every tick keeps exactly its share of samples."""
+    return pcm.reshape(-1, step).mean(axis=1).astype(np.int16) if step > 1 else pcm
+
+
 def jpeg_of(yuv: np.ndarray, height: int, box: tuple[int, int, int, int], quality: int) -> bytes:
     """The JPEG of `box` (x, y, w, h; even) of a packed yuv420p picture, coded from YCbCr as is."""
     x, y, w, h = box
@@ -113,14 +134,19 @@ def jpeg_of(yuv: np.ndarray, height: int, box: tuple[int, int, int, int], qualit
 
 class FaceStreamEncoder(EncodeThread):
     """An AVSink: each tick's changed region as JPEG and its audio, handed to `deliver` from the
-    encoder thread (which must not block)."""
+    encoder thread (which must not block).
+
+    With carries_audio False (a viseme session, whose voice goes ahead in voice messages) the
+    ticks carry no audio, and a talking tick with the same blank picture is as still as an idle one.
+    """
 
     name = "face-stream"
     # A still, silent tick sends nothing but the keep-alive once a second: the clock may rest.
     rests_when_still = True
 
     def __init__(self, width: int, height: int, fps: int, sample_rate: int, deliver: Callable[[FaceTick], None],
-                 *, quality: int = 80, audio_rate: int = 24_000, backlog: int = 10) -> None:
+                 *, quality: int = 80, audio_rate: int = 24_000, backlog: int = 10,
+                 carries_audio: bool = True) -> None:
         super().__init__(backlog)
         self.width, self.height, self.fps = width, height, fps
         self.quality = quality
@@ -129,7 +155,9 @@ class FaceStreamEncoder(EncodeThread):
         self._regions = RegionTracker(width, height)
         if sample_rate % audio_rate or (sample_rate // fps) % (sample_rate // audio_rate):
             raise ValueError(f"the face stream's audio rate must divide {sample_rate} Hz into whole ticks")
-        self._step = sample_rate // audio_rate
+        self.step = sample_rate // audio_rate  # output samples per `step` input samples
+        self.carries_audio = carries_audio
+        self._silence = np.zeros(0, dtype=np.int16)
         self._restart = False
         self._last_sent = -fps
         self._last_video: object = None
@@ -145,7 +173,7 @@ class FaceStreamEncoder(EncodeThread):
         # wake the encoder thread (a viseme session's blank frame, an unchanging pattern).
         same = frame.video is self._last_video
         self._last_video = frame.video
-        if same and not self._restart and tick - self._last_sent < self.fps and not frame.audio.any():
+        if same and not self._restart and tick - self._last_sent < self.fps and not self._sounds(frame):
             return
         super().push(tick, frame)
 
@@ -154,18 +182,15 @@ class FaceStreamEncoder(EncodeThread):
             self._restart = False
             self._regions.reset()
         full, box = self._regions.update(frame.video)
-        if box is None and not frame.audio.any() and tick - self._last_sent < self.fps:
+        if box is None and not self._sounds(frame) and tick - self._last_sent < self.fps:
             # Nothing to see or hear: no message (a still, silent avatar costs nothing to send),
             # but one a second, so the client knows the clock is going.
             return
         self._last_sent = tick
         jpeg = jpeg_of(frame.video, self.height, box, self.quality) if box is not None else b""
         self.bytes_jpeg += len(jpeg)
-        self._deliver(FaceTick(tick, tick / self.fps, full, box, jpeg, self._audio(frame.audio),
-                               frame.is_speech))
+        audio = downsample(frame.audio, self.step) if self.carries_audio else self._silence
+        self._deliver(FaceTick(tick, tick / self.fps, full, box, jpeg, audio, frame.is_speech))
 
-    def _audio(self, pcm: np.ndarray) -> np.ndarray:
-        # Every tick keeps exactly its share of samples, so the page can place each tick's audio
-        # at its media time: the mean of each group of `step` samples (the voice has next to
-        # nothing above 12 kHz to fold back).
-        return pcm.reshape(-1, self._step).mean(axis=1).astype(np.int16) if self._step > 1 else pcm
+    def _sounds(self, frame: AVFrame) -> bool:
+        return self.carries_audio and bool(frame.audio.any())

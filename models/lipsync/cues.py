@@ -70,6 +70,7 @@ class CueRenderer(LipSyncRenderer):
     keeps video tracks valid), only cues. Costs next to nothing per tick."""
 
     still_idle = True  # one blank picture for every idle tick: the session's clock may rest
+    draws_face = False
 
     def __init__(self, fps: int, size: int = 16) -> None:
         self.fps = fps

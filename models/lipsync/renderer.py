@@ -29,6 +29,9 @@ class LipSyncRenderer(ABC):
     height: int
     fps: int
     still_idle: bool = False  # True: idle_frame is the same picture at every tick
+    # False: the client draws the face from mouth cues (viseme mode), so outputs that can send the
+    # voice ahead of playback do, and send no pictures.
+    draws_face: bool = True
 
     @abstractmethod
     def idle_frame(self, tick: int) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from rtc_server.session import Session
 
@@ -31,6 +33,10 @@ class Output:
     async def stop(self) -> None:
         """Stop and release everything (idempotent); the session goes on."""
         self.state = "stopped"
+
+    def voice_ahead(self, utterance_id: str, start_tick: int, audio: np.ndarray) -> None:
+        """A viseme session's voice, one chunk (int16 at the session's rate, whole ticks from
+        `start_tick`) before it plays; only outputs whose ticks carry no audio take it."""
 
     def stats(self) -> dict[str, Any]:
         return {}

@@ -2,8 +2,10 @@
 the data channel's JSON messages in; the whole conversation without WebRTC.
 
 Server to client: one JSON `hello` ({"type": "hello", "session_id", "width", "height", "fps",
-"audio_rate"}), then per tick one binary message (tracks/face_stream.py: TICK_HEADER, the
-changed region as JPEG, the tick's audio), and the session's events as JSON text.
+"audio_rate", "voice_ahead"}), then per tick one binary message (tracks/face_stream.py: TICK_HEADER,
+the changed region as JPEG, the tick's audio), and the session's events as JSON text. A viseme
+session's ticks carry no audio: each chunk of its voice goes in one voice message (VOICE_HEADER)
+right after the chunk's cues, before it plays.
 Client to server: JSON text as on the data channel (say, chat, interrupt), and binary messages
 of microphone audio, int16 little-endian mono at 16 kHz, any length.
 """
@@ -20,7 +22,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from rtc_server.outputs.base import Output
-from tracks.face_stream import FaceStreamEncoder, FaceTick
+from tracks.face_stream import KIND_TICK, FaceStreamEncoder, FaceTick, downsample, voice_message
 
 if TYPE_CHECKING:
     from rtc_server.session import Session
@@ -66,7 +68,9 @@ class WebSocketClient(Output):
         self._writer: asyncio.Task | None = None
         self._mic_samples = 0
         self._mic_tb = Fraction(1, MIC_RATE)
+        self._voice_ahead = False
         self.sent_bytes = 0
+        self.voice_bytes = 0
         self.dropped_ticks = 0
         self.mic_bytes = 0
 
@@ -74,12 +78,15 @@ class WebSocketClient(Output):
         await super().open(session)
         loop = asyncio.get_running_loop()
         renderer = session.renderer
+        # Viseme mode: the voice goes ahead in voice messages (voice_ahead), the ticks stay silent.
+        self._voice_ahead = not renderer.draws_face
         self.encoder = FaceStreamEncoder(
             renderer.width, renderer.height, session.config.fps, session.config.sample_rate,
             deliver=lambda tick: loop.call_soon_threadsafe(self._queue_tick, tick),
-            quality=self.quality, audio_rate=self.audio_rate)
+            quality=self.quality, audio_rate=self.audio_rate, carries_audio=not self._voice_ahead)
         self.queue_text_json({"type": "hello", "session_id": session.id, "width": renderer.width,
-                              "height": renderer.height, "fps": session.config.fps, "audio_rate": self.audio_rate})
+                              "height": renderer.height, "fps": session.config.fps, "audio_rate": self.audio_rate,
+                              "voice_ahead": self._voice_ahead})
         self._writer = asyncio.create_task(self._write(), name=f"{self.id}:writer")
         session.stream.attach(self.encoder)
         session.events.attach(self.channel)
@@ -102,7 +109,7 @@ class WebSocketClient(Output):
         if self._queued_ticks >= MAX_QUEUED_TICKS:
             # The socket is slower than the clock: start over from a whole picture rather than
             # let the delay grow (what was queued would only arrive late).
-            kept = [m for m in self._outbox if isinstance(m, str)]
+            kept = [m for m in self._outbox if isinstance(m, str) or m[0] != KIND_TICK]
             self.dropped_ticks += self._queued_ticks
             self._outbox = deque(kept)
             self._queued_ticks = 0
@@ -113,6 +120,15 @@ class WebSocketClient(Output):
         self._queued_ticks += 1
         self._wake.set()
 
+    def voice_ahead(self, utterance_id: str, start_tick: int, audio: np.ndarray) -> None:
+        if not self._voice_ahead or self.state != "running" or self.encoder is None or self.session is None:
+            return
+        audio = downsample(audio, self.encoder.step)
+        message = voice_message(utterance_id, start_tick / self.session.config.fps, audio, self.audio_rate)
+        self._outbox.append(message)
+        self.voice_bytes += len(message)
+        self._wake.set()
+
     async def _write(self) -> None:
         try:
             while not self.ws.closed:
@@ -121,7 +137,8 @@ class WebSocketClient(Output):
                     await self._wake.wait()
                 message = self._outbox.popleft()
                 if isinstance(message, bytes):
-                    self._queued_ticks -= 1
+                    if message[0] == KIND_TICK:
+                        self._queued_ticks -= 1
                     await self.ws.send_bytes(message)
                 else:
                     await self.ws.send_str(message)
@@ -178,6 +195,7 @@ class WebSocketClient(Output):
 
     def stats(self) -> dict[str, Any]:
         encoder = self.encoder
-        return {"sent_bytes": self.sent_bytes, "dropped_ticks": self.dropped_ticks, "mic_bytes": self.mic_bytes,
+        return {"sent_bytes": self.sent_bytes, "voice_bytes": self.voice_bytes, "dropped_ticks": self.dropped_ticks,
+                "mic_bytes": self.mic_bytes,
                 "encoder_dropped_ticks": encoder.stats.dropped if encoder is not None else 0,
                 "jpeg_bytes": encoder.bytes_jpeg if encoder is not None else 0}
