@@ -11,8 +11,11 @@ one core, divided by the sessions); then how many such sessions the server holds
 For comparison, a full-frame JPEG stream at the same quality, computed here from the avatar's own
 frames (bench_vp8.avatar_frames) plus the same audio.
 
-For reference, what synthesis alone costs while a session talks: Piper on the same text, in this
-process, one onnxruntime thread as the server uses on 2 cores (CPU seconds per second of speech).
+Synthesis is what every kind of session pays to talk; each row splits the server's CPU into the
+voice's (timed by the server in its synthesis worker: synthesis_cpu_s in the session's stats) and
+the rest, what serving the face that way costs. For reference, Piper alone on the same text in
+this process, one onnxruntime thread as the server uses on 2 cores (CPU seconds per second of
+speech).
 
 Targets (issue 12): face stream under half the bytes of a full-frame JPEG stream; a viseme
 session under 1 % of a core.
@@ -57,6 +60,7 @@ class SocketClient:
             async for message in ws:
                 self.bytes += len(message.data) if isinstance(message.data, (bytes, str)) else 0
 
+        self.ws = ws
         self.task = asyncio.create_task(read())
 
     def auth(self) -> dict:
@@ -65,6 +69,7 @@ class SocketClient:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+            await self.ws.close()
         if self.http is not None:
             async with self.http.delete(f"{self.base_url}/sessions/{self.session_id}", headers=self.auth()):
                 pass
@@ -81,7 +86,8 @@ class RtcClient(LightClient):
 
 
 async def keep_talking(http: aiohttp.ClientSession, base_url: str, clients: list, stop: asyncio.Event) -> None:
-    """Say the text again whenever a session has less than two utterances waiting."""
+    """Say the text again whenever a session has less than two utterances waiting (the text lasts
+    about 8 s: a look once a second keeps it talking; that look is in the server's figures)."""
     while not stop.is_set():
         for c in clients:
             async with http.get(f"{base_url}/sessions/{c.session_id}", headers=c.auth()) as r:
@@ -89,7 +95,7 @@ async def keep_talking(http: aiohttp.ClientSession, base_url: str, clients: list
             if len(state.get("utterances_pending", [])) < 2:
                 async with http.post(f"{base_url}/sessions/{c.session_id}/say", json={"text": TALK}, headers=c.auth()):
                     pass
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
 
 
 async def measure(server: ServerProcess, kind: str, count: int, window_s: float, talk: bool = True) -> dict:
@@ -118,6 +124,10 @@ async def measure(server: ServerProcess, kind: str, count: int, window_s: float,
         stop.set()
         await talker
     rates = [(c.bytes - b) / wall for c, b in zip(clients, before)]
+    # The voice's own CPU, timed in the server's synthesis worker: what every kind of session pays
+    # to talk. The rest is what serving the face this way costs.
+    synthesis_pct = 100.0 * sum(s1["synthesis_cpu_s"] - s0["synthesis_cpu_s"]
+                                for s0, s1 in zip(stats0, stats1)) / wall / count
     fps = [(s1["ticks"] - s0["ticks"]) / wall for s0, s1 in zip(stats0, stats1)]
     late = sum(s1["late_ticks"] - s0["late_ticks"] + s1["skipped_ticks"] - s0["skipped_ticks"]
                for s0, s1 in zip(stats0, stats1))
@@ -126,6 +136,8 @@ async def measure(server: ServerProcess, kind: str, count: int, window_s: float,
     await server.wait_sessions(0, 30)
     return {"kind": kind, "talking": talk, "sessions": count, "bytes_per_s": round(sum(rates) / len(rates)),
             "server_pct_per_session": round(share.server_pct / count, 2), "server_pct": round(share.server_pct, 1),
+            "synthesis_pct_per_session": round(synthesis_pct, 2),
+            "beyond_synthesis_pct_per_session": round(share.server_pct / count - synthesis_pct, 2),
             "min_fps": round(min(fps), 2), "late_or_skipped_ticks": late}
 
 
@@ -163,6 +175,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--max-sessions", type=int, default=4)
+    parser.add_argument("--kinds", default="webrtc,websocket,visemes", help="which of webrtc,websocket,visemes")
     args = parser.parse_args()
     window = 5.0 if args.quick else args.window_s
     counts = [1, 2] if args.quick else list(range(1, args.max_sessions + 1))
@@ -176,12 +189,14 @@ async def main() -> None:
                                              "--max-queued-utterances", "4"])
     await server.start()
     try:
-        for kind in ("webrtc", "websocket", "visemes"):
+        for kind in args.kinds.split(","):
             for n, talk in [(1, False)] + [(n, True) for n in counts]:
                 row = await measure(server, kind, n, window, talk)
                 results["rows"].append(row)
                 print(f"  {kind:9s} x{n} {'talking' if talk else 'idle   '}: {row['bytes_per_s'] / 1000:6.1f} kB/s per session, server "
-                      f"{row['server_pct_per_session']:5.1f} % of a core per session, min {row['min_fps']:.2f} fps, "
+                      f"{row['server_pct_per_session']:5.1f} % of a core per session (synthesis "
+                      f"{row['synthesis_pct_per_session']:4.1f} %, the rest {row['beyond_synthesis_pct_per_session']:4.1f} %), "
+                      f"min {row['min_fps']:.2f} fps, "
                       f"{row['late_or_skipped_ticks']} late/skipped ticks", flush=True)
     finally:
         server.stop()

@@ -155,7 +155,7 @@ class FaceStreamEncoder(EncodeThread):
         self._regions = RegionTracker(width, height)
         if sample_rate % audio_rate or (sample_rate // fps) % (sample_rate // audio_rate):
             raise ValueError(f"the face stream's audio rate must divide {sample_rate} Hz into whole ticks")
-        self.step = sample_rate // audio_rate  # output samples per `step` input samples
+        self.step = sample_rate // audio_rate  # input samples to one sample sent
         self.carries_audio = carries_audio
         self._silence = np.zeros(0, dtype=np.int16)
         self._restart = False
