@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 RENDER_BATCH = 4  # frames per trip to the worker thread: amortises hand-off, keeps first-frame latency low
 FIRST_BATCH = 1   # an utterance's first picture goes alone: it is what the listener waits for
-LOW_WATER = 2     # queued frames below which a late renderer is skipped rather than waited for
+# Share of the time the waiting frames take to play that rendering may use: the rest absorbs a
+# slower frame than the recent ones (a busy machine) before the clock finds the queue empty.
+PACE_MARGIN = 0.5
 
 
 class Voice(Protocol):
@@ -44,14 +46,26 @@ def split_ticks(audio: np.ndarray, samples_per_tick: int) -> list[np.ndarray]:
     return list(padded.reshape(n, samples_per_tick))
 
 
-def render_batches(n_frames: int, first: int) -> Iterator[tuple[int, int]]:
-    """(start, count) of each render batch over n_frames: `first` frames, then RENDER_BATCH at a time."""
-    start, size = 0, first
-    while start < n_frames:
-        count = min(size, n_frames - start)
-        yield start, count
-        start += count
-        size = RENDER_BATCH
+class RenderPace:
+    """How many frames the renderer can draw before the clock needs them, from what a frame has
+    cost lately (seconds, trip to the render thread included) and the frames waiting to play."""
+
+    def __init__(self, fps: int, margin: float = PACE_MARGIN) -> None:
+        self.frame_s = 1 / fps
+        self.margin = margin
+        self.cost: float | None = None  # seconds per frame, smoothed
+
+    def record(self, frames: int, seconds: float) -> None:
+        if frames:
+            per_frame = seconds / frames
+            self.cost = per_frame if self.cost is None else 0.7 * self.cost + 0.3 * per_frame
+
+    def affordable(self, waiting: int, wanted: int) -> int:
+        """Of `wanted` frames, how many can be drawn while `waiting` frames play (0: none in time;
+        one while the cost is still unknown)."""
+        if self.cost is None or self.cost <= 0:
+            return min(wanted, 1)
+        return max(0, min(wanted, int(waiting * self.frame_s * self.margin / self.cost)))
 
 
 class Speaker:
@@ -78,6 +92,7 @@ class Speaker:
         self.next_tick = next_tick
         self.lead_words = lead_words  # longest opening phrase synthesized on its own (0: whole sentences)
         self.repeated_frames = 0  # frames whose picture was repeated because rendering was late
+        self.pace = RenderPace(renderer.fps)
         self.synthesis_cpu_s = 0.0  # CPU time the voice took (its worker thread's), for the CPU benches
         self.on_cues = on_cues    # mouth cues of each chunk, from renderers that make them (viseme mode)
 
@@ -131,28 +146,46 @@ class Speaker:
                     # Ahead of the chunk's first frame: its cues, and the voice those frames carry.
                     self.on_cues(utterance_id, start_tick, cues, np.concatenate(audio[:n]) if n else chunk.audio[:0])
                 last_video = None  # each chunk opens with a rendered batch
-                first_batch = FIRST_BATCH if held is None else RENDER_BATCH
-                for start, count in render_batches(n, first_batch):
-                    if last_video is not None and len(self.queue) < LOW_WATER:
-                        # The renderer cannot keep up: repeat the last picture for this batch so
-                        # the audio keeps flowing on time (video drops frames, sync is kept).
+                start = 0
+                while start < n:
+                    opening = start == 0
+                    count = min(FIRST_BATCH if opening and queued == 0 and held is None else RENDER_BATCH, n - start)
+                    # Only what can be drawn before the clock needs it (while the frames queued and
+                    # the held one play); none: repeat the last picture for this batch, so the
+                    # audio keeps flowing on time (video drops frames, sync is kept).
+                    waiting = len(self.queue) + (held is not None)
+                    drawn = count if opening else self.pace.affordable(waiting, count)
+                    if not drawn:
                         videos = [last_video] * count
                         self.repeated_frames += count
                     else:
+                        count = drawn
+                        began = time.perf_counter()
                         try:
-                            videos = await loop.run_in_executor(self.executor, source.render, start, count)
+                            videos = (source.render(start, count) if getattr(source, "instant", False) else
+                                      await loop.run_in_executor(self.executor, source.render, start, count))
                         except Exception as exc:
                             raise SpeechFailed("render", exc) from exc
+                        if not opening:  # (a chunk's first pictures also pay for setting it up)
+                            self.pace.record(len(videos), time.perf_counter() - began)
                         last_video = videos[-1]
                     for i, video in enumerate(videos):
                         frame = AVFrame(video=video, audio=audio[start + i], utterance_id=utterance_id,
                                         first=held is None and queued == 0)
-                        # One frame is held back so the true last frame can be marked as such.
+                        # A chunk's last frame is held back until it is known whether another
+                        # chunk follows, so the utterance's true last frame can be marked as such.
                         if held is not None:
                             if not await self.queue.put(held, generation):
                                 return queued
                             queued += 1
-                        held = frame
+                            held = None
+                        if start + i < n - 1:
+                            if not await self.queue.put(frame, generation):
+                                return queued
+                            queued += 1
+                        else:
+                            held = frame
+                    start += count
         finally:
             # Whatever happened, a started utterance ends with a last frame on the clock.
             if held is not None and self.queue.generation == generation:

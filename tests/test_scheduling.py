@@ -7,6 +7,7 @@ so a thousand ticks or a two-second stall take microseconds and give exact figur
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -293,11 +294,50 @@ async def test_an_uninterrupted_speaker_ends_its_utterance_with_one_last_frame()
     frames = [queue.get_nowait() for _ in range(len(queue))]
     assert [f.first for f in frames] == [True] + [False] * 7
     assert [f.last for f in frames] == [False] * 7 + [True]
-    pictures = [int(f.video[0, 0]) for f in frames]
-    # With the queue this short at the start, the second batch repeats the first picture
-    # (audio keeps its time); from then on the renderer's own frames follow in order.
-    assert pictures == sorted(pictures) and pictures[0] == 50 and pictures[-3:] == [55, 56, 57]
+    # A renderer this fast draws every picture, from the first tick of the voice on (none repeated
+    # while the queue is still short).
+    assert [int(f.video[0, 0]) for f in frames] == list(range(50, 58)) and speaker.repeated_frames == 0
     assert frames[-1].audio[10:].any() == False and frames[-1].audio[:10].all()  # noqa: E712
+
+
+class SlowRenderer(OneFrameRenderer):
+    """Each picture takes 100 ms to draw: four times a tick."""
+
+    def begin(self, chunk: SpeechChunk, tick: int):
+        source = super().begin(chunk, tick)
+        draw = source.render
+
+        def render(start: int, count: int) -> list[np.ndarray]:
+            time.sleep(0.1 * count)
+            return draw(start, count)
+
+        source.render = render
+        return source
+
+
+async def test_a_renderer_slower_than_the_clock_repeats_pictures_and_the_voice_keeps_its_ticks():
+    """Fed as the clock would take them, a renderer four times too slow gets pictures repeated
+    rather than the queue running dry; every tick still carries its own audio, in order."""
+    queue = FrameQueue(8)
+    taken: list[AVFrame] = []
+    with ThreadPoolExecutor(1) as executor:
+        speaker = Speaker(voice=None, renderer=SlowRenderer(), queue=queue, executor=executor,
+                          samples_per_tick=SPT, next_tick=lambda: 0)
+        chunk = SpeechChunk(text="", audio=np.arange(SPT * 30, dtype=np.int16), sample_rate=16000)
+        task = asyncio.create_task(speaker.speak_chunks("u1", [chunk]))
+        dry = 0
+        while not task.done() or len(queue):
+            await asyncio.sleep(1 / FPS)
+            frame = queue.get_nowait()
+            if frame is not None:
+                taken.append(frame)
+            elif taken:
+                dry += 1
+        await task
+    assert [int(f.audio[0]) for f in taken] == [i * SPT for i in range(30)], "a tick lost or moved its audio"
+    pictures = [int(f.video[0, 0]) for f in taken]
+    assert dry <= 2, f"the queue ran dry on {dry} ticks after the voice began"
+    assert speaker.repeated_frames > 10 and pictures == sorted(pictures), pictures
 
 
 # ---- speculation ----------------------------------------------------------------------------

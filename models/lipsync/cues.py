@@ -56,6 +56,8 @@ def cues_for(speech: SpeechChunk, fps: int) -> list[MouthCue]:
 class CueSource(FrameSource):
     """A chunk's frames (all the same tiny blank picture) and its cues."""
 
+    instant = True
+
     def __init__(self, n_frames: int, blank: np.ndarray, cues: list[MouthCue]) -> None:
         self.n_frames = n_frames
         self._blank = blank

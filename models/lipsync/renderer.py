@@ -16,6 +16,9 @@ class FrameSource(ABC):
     """The frames of one speech chunk, rendered on demand in order."""
 
     n_frames: int
+    # True: render() only hands out pictures already made, so it is called on the event loop
+    # rather than paying a trip to the render thread for each batch.
+    instant: bool = False
 
     @abstractmethod
     def render(self, start: int, count: int) -> list[np.ndarray]:
