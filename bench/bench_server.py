@@ -595,6 +595,8 @@ async def measure_sessions(server: ServerProcess, n: int, speaking: bool, window
             "fps_wire": wire / (w1 - w0), "fps_complete": complete / (w1 - w0),
             "underruns": d["underruns"], "late_ticks": d["late_ticks"], "skipped_ticks": d["skipped_ticks"],
             "video_dropped": d["video_dropped"], "speech_share": d["speech_frames"] / ticks, "ticks": d["ticks"],
+            # Speaking pictures repeated because the renderer could not draw them in time (a still mouth).
+            "repeated_share": d.get("repeated_frames", 0) / max(1, d["speech_frames"]),
         })
     allowed_underruns = max(2, round(0.01 * window * FPS))
     holds = all(s["fps_wire"] >= HOLD_FPS and s["underruns"] <= allowed_underruns and s["skipped_ticks"] == 0
@@ -610,7 +612,8 @@ def print_step(step: dict, gate: QuietGate, note: str = "") -> None:
     fps = [s["fps_wire"] for s in ss]
     print(f"  {step['n']:2d} sessions: fps min {min(fps):5.2f} mean {statistics.mean(fps):5.2f} | underruns max "
           f"{max(s['underruns'] for s in ss):3d} | late ticks max {max(s['late_ticks'] for s in ss):3d} | "
-          f"sender drops max {max(s['video_dropped'] for s in ss):3d} | speech "
+          f"sender drops max {max(s['video_dropped'] for s in ss):3d} | repeated pictures max "
+          f"{100 * max(s['repeated_share'] for s in ss):3.0f}% | speech "
           f"{100 * min(s['speech_share'] for s in ss):3.0f}% | server CPU {cpu['server_pct']:5.1f} %, "
           f"clients {cpu['bench_pct']:5.1f} %, rest {cpu['others_pct']:5.1f} % "
           f"-> {'holds' if step['holds'] else 'FAILS'}{gate.busy(cpu['others_pct'])}{note}")
