@@ -149,7 +149,7 @@ class Speaker:
                 start = 0
                 while start < n:
                     opening = start == 0
-                    count = min(FIRST_BATCH if opening and queued == 0 and held is None else RENDER_BATCH, n - start)
+                    count = min(FIRST_BATCH if queued == 0 and held is None else RENDER_BATCH, n - start)
                     # Only what can be drawn before the clock needs it (while the frames queued and
                     # the held one play); none: repeat the last picture for this batch, so the
                     # audio keeps flowing on time (video drops frames, sync is kept).
