@@ -30,6 +30,7 @@ class EncodedPacket:
     dts: int
     time_base: Fraction
     keyframe: bool
+    duration: int = 0  # in time_base (an AAC packet: 1024 samples)
 
     def to_av(self, stream: av.stream.Stream) -> av.Packet:
         """A fresh av.Packet of this data for `stream` of some output container."""
@@ -141,7 +142,8 @@ class H264Feed(EncodeThread):
 
     @staticmethod
     def _packet(kind: str, packet: av.Packet) -> EncodedPacket:
-        return EncodedPacket(kind, bytes(packet), packet.pts, packet.dts, packet.time_base, packet.is_keyframe)
+        return EncodedPacket(kind, bytes(packet), packet.pts, packet.dts, packet.time_base, packet.is_keyframe,
+                             packet.duration or 0)
 
     def close(self) -> None:
         super().close()

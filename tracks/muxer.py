@@ -25,6 +25,10 @@ class MuxWorker(PacketWorker):
         self._streams: dict[str, av.stream.Stream] = {}
         self._origin: Fraction | None = None  # feed time of this output's first keyframe
         self.last_video_time: Fraction | None = None  # feed time of the last video packet muxed
+        self.audio_end: Fraction | None = None  # feed time where the last audio packet muxed ends
+        # Feed time at which this output ends (stop): later packets of either track are left out,
+        # so both tracks end together however far the audio encoder lags the picture.
+        self.end_time: Fraction | None = None
 
     def open_container(self) -> av.container.OutputContainer:
         raise NotImplementedError
@@ -42,11 +46,16 @@ class MuxWorker(PacketWorker):
         shift = int(self._origin / packet.time_base)
         if packet.pts < shift:
             return  # audio from before the first keyframe (the AAC priming): nothing may start below 0
+        start = packet.pts * packet.time_base
+        if self.end_time is not None and start >= self.end_time:
+            return
         rebased = packet.to_av(self._streams[packet.kind])
         rebased.pts, rebased.dts = packet.pts - shift, packet.dts - shift
-        if packet.kind == "video":
-            self.last_video_time = packet.pts * packet.time_base
         self.container.mux(rebased)
+        if packet.kind == "video":
+            self.last_video_time = start
+        else:
+            self.audio_end = (packet.pts + packet.duration) * packet.time_base
 
     @property
     def last_video_tick(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from rtc_server.outputs.base import Output
@@ -47,13 +48,20 @@ class FeedOutput(Output):
         self._feed = None
 
     async def _drain(self, worker: PacketWorker, timeout: float = 1.0) -> None:
-        """Wait (briefly) until the ticks already on air are written: an output stopped at tick
-        n ends with tick n, not with whatever the encoder had finished by then."""
+        """Wait (briefly) until the ticks already on air are written, picture and sound: an output
+        stopped at tick n ends with tick n, not with whatever the encoders had finished by then
+        (the audio encoder holds back about two ticks)."""
         if self.session is None or not isinstance(worker, MuxWorker) or worker.container is None:
             return
         last = self.session.stream.tick - 1
+        end = Fraction(last + 1, self.session.config.fps)
+        worker.end_time = end
+
+        def written() -> bool:
+            return worker.last_video_tick >= last and worker.audio_end is not None and worker.audio_end >= end
+
         deadline = asyncio.get_running_loop().time() + timeout
-        while worker.last_video_tick < last and asyncio.get_running_loop().time() < deadline:
+        while not written() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
     def stats(self) -> dict[str, Any]:
