@@ -550,3 +550,92 @@ async def test_a_sink_that_needs_every_tick_ends_the_rest_when_it_joins():
     await stop(task)
     assert [tick for tick, _, _ in every.ticks] == [13, 14, 15, 16, 17]
     assert [tick for tick, _, _ in resting.ticks] == [0, 13, 14, 15, 16, 17]
+
+
+# ---- resting through speech whose voice went ahead --------------------------------------------
+
+
+class VoiceAheadRecorder(RestingRecorder):
+    carries_audio = False  # (a viseme session's socket: its voice went ahead in messages of its own)
+
+
+def still_speech(uid: str, n: int, video: np.ndarray) -> list[AVFrame]:
+    """n frames of one utterance, all showing the same picture (a client-drawn face's blank)."""
+    audio = np.full(SPT, 1000, np.int16)
+    return [AVFrame(video=video, audio=audio, utterance_id=uid, first=i == 0, last=i == n - 1) for i in range(n)]
+
+
+async def feed(queue: FrameQueue, frames: list[AVFrame], starts: list[int], next_tick) -> None:
+    """Put frames as the speaker does, as room appears; notes the tick promised to the first one."""
+    starts.append(next_tick() + len(queue))
+    for frame in frames:
+        if not await queue.put(frame):
+            return
+
+
+@pytest.mark.parametrize("voice_ahead", [True, False])
+async def test_a_clock_rests_through_speech_only_for_sinks_whose_voice_went_ahead(voice_ahead):
+    """Still pictures while speaking: the clock sleeps through them when no sink needs their audio,
+    and still emits the utterance's first and last frame, and a frame a second, on their ticks."""
+    time = SteppedTime()
+    queue = FrameQueue(8)
+    said: list[tuple[str, str, int]] = []
+    stream = AVStream(time.clock(), queue, StillIdle(),
+                      on_speech=lambda e, uid: said.append((e, uid, stream.tick)))
+    sink = (VoiceAheadRecorder if voice_ahead else RestingRecorder)(time)
+    stream.attach(sink)
+    task = await started(stream)
+    await time.advance(0.5)
+    starts: list[int] = []
+    blank = picture(7)
+    producer = asyncio.create_task(feed(queue, still_speech("u1", 30, blank) + still_speech("u2", 30, blank),
+                                        starts, stream.next_tick))
+    await time.advance(4.0)
+    await stop(task)
+    await stop(producer)
+    first = starts[0]
+    emitted = [tick for tick, frame, _ in sink.ticks if frame.is_speech]
+    assert said == [("start", "u1", first), ("end", "u1", first + 29), ("start", "u2", first + 30),
+                    ("end", "u2", first + 59)], "each utterance's edges are on their ticks"
+    assert emitted[0] == first and emitted[-1] == first + 59
+    if voice_ahead:
+        assert len(emitted) <= 60 // 7 + 5, f"{len(emitted)} speech ticks emitted of 60"
+        assert stream.stats.rested_ticks >= 60 - len(emitted)
+    else:
+        assert emitted == list(range(first, first + 60)), "a sink that takes the audio gets every tick"
+    t0 = stream.clock.t0
+    assert all(at == pytest.approx(t0 + tick / FPS, abs=1e-9) for tick, _, at in sink.ticks), \
+        "every frame emitted leaves on its own tick"
+    assert stream.stats.speech_frames == 60 and stream.stats.ticks == stream.tick, "a tick lost or counted twice"
+    assert [t for t, _, _ in sink.ticks] == sorted({t for t, _, _ in sink.ticks})
+
+
+async def test_an_interrupt_while_resting_through_speech_lets_the_next_utterance_leave_on_its_promised_tick():
+    """Interrupted while the frames it took are still playing out: the next utterance's frames
+    leave on the tick promised to their producer, within the queue's length of the interrupt."""
+    time = SteppedTime()
+    queue = FrameQueue(8)
+    said: list[tuple[str, str, int]] = []
+    stream = AVStream(time.clock(), queue, StillIdle(),
+                      on_speech=lambda e, uid: said.append((e, uid, stream.tick)))
+    sink = VoiceAheadRecorder(time)
+    stream.attach(sink)
+    task = await started(stream)
+    blank = picture(7)
+    starts: list[int] = []
+    producer = asyncio.create_task(feed(queue, still_speech("u1", 60, blank), starts, stream.next_tick))
+    await time.advance(0.62)
+    assert stream.stats.rested_ticks > 0 and said == [("start", "u1", starts[0])]
+    producer.cancel()
+    queue.clear()
+    stream.end_utterance()
+    interrupted_at = stream.clock.current_tick()
+    promised = stream.next_tick()
+    assert interrupted_at < promised <= interrupted_at + 8
+    await enqueue(queue, still_speech("u2", 3, blank))
+    await time.advance(0.5)
+    await stop(task)
+    assert said[1:] == [("start", "u2", promised), ("end", "u2", promised + 2)]
+    t0 = stream.clock.t0
+    assert all(at == pytest.approx(t0 + tick / FPS, abs=1e-9) for tick, _, at in sink.ticks)
+    assert stream.stats.ticks == stream.tick

@@ -44,6 +44,10 @@ class FrameQueue:
         """Set `event` whenever a frame is queued (the clock resting between ticks waits on it)."""
         self._put_listeners.append(event)
 
+    def peek(self) -> tuple[AVFrame, ...]:
+        """The queued frames, oldest first, left in the queue."""
+        return tuple(self._frames)
+
     def holds(self, utterance_id: str) -> bool:
         return any(f.utterance_id == utterance_id for f in self._frames)
 

@@ -9,6 +9,12 @@ A clock with nothing to show rests: when the idle picture never changes (a visem
 blank frame), nothing is queued and every sink says it needs no tick that brings nothing new,
 it sleeps until a frame is queued or a sink joins, and still emits one frame a second (the
 face stream's keep-alive). An idle viseme session then costs one wake a second, not 25.
+
+A clock whose sinks all rest and carry no audio also rests while speaking, as long as the queued
+frames show the picture already shown (a viseme session whose voice went ahead over its socket):
+it takes the queued frames without emitting them and sleeps until the frame that starts or ends
+an utterance, the keep-alive, or the last queued frame is due. An interrupt or a sink joining
+then waits for that tick too (at most the queue's length, 8 ticks by default).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ class AVSink(Protocol):
         """Take frame `frame` for tick `tick` (must not block)."""
 
     # Optional: `rests_when_still = True` says this sink needs no tick that repeats a still idle
-    # frame (one a second is enough); sinks without it get every tick.
+    # frame (one a second is enough); sinks without it get every tick. `carries_audio = False`
+    # says it takes no audio from the ticks either (the voice went ahead another way), so a
+    # still picture while speaking is as good as idle to it.
 
 
 class IdleSource(Protocol):
@@ -89,7 +97,9 @@ class AVStream:
     def next_tick(self) -> int:
         """The tick a frame queued now leaves on (when resting, the next one due, not a stale count).
 
-        While resting this is a promise: the rest ends on that tick when the frame comes."""
+        While resting this is a promise: the rest ends on that tick when the frame comes. (After
+        speech slept through, self.tick is that of the frame at the queue's head: the frames
+        queued next follow it.)"""
         if not self._resting:
             return self.tick
         promised = max(self.tick, self.clock.current_tick() + 1)
@@ -118,11 +128,34 @@ class AVStream:
             self.tick += 1
             if self._may_rest():
                 await self._rest()
+            elif self._may_rest_through_speech():
+                self._skip_still_speech()
 
     def _may_rest(self) -> bool:
         return (not len(self.queue) and self.current_utterance is None
                 and getattr(self.idle_source, "still", False)
                 and all(getattr(sink, "rests_when_still", False) for sink in self.sinks))
+
+    def _may_rest_through_speech(self) -> bool:
+        return (self.current_utterance is not None and len(self.queue) > 1 and bool(self.sinks)
+                and all(getattr(sink, "rests_when_still", False) and not getattr(sink, "carries_audio", True)
+                        for sink in self.sinks))
+
+    def _skip_still_speech(self) -> None:
+        """Take, without emitting them, the queued speech frames that bring no sink anything new, up
+        to the one that ends the run (an utterance's edge, the keep-alive, the last one queued):
+        the loop then sleeps until that one's tick, while the producer refills the queue."""
+        skip = 0
+        for frame in self.queue.peek()[:-1]:  # (the last queued frame is kept for the tick it leaves on)
+            if frame.first or frame.last or frame.video is not self._last_video or skip == self.clock.fps - 1:
+                break  # (fps - 1: the keep-alive, a tick emitted at least once a second)
+            skip += 1
+        for _ in range(skip):
+            self.queue.get_nowait()
+        self.stats.ticks += skip
+        self.stats.speech_frames += skip
+        self.stats.rested_ticks += skip
+        self.tick += skip
 
     async def _rest(self) -> None:
         """Sleep through still idle ticks until a frame is queued, a sink joins, or a second passed."""
