@@ -140,6 +140,9 @@ async def test_a_glb_with_viseme_morph_targets_is_driven_by_the_cues(media_serve
         assert loaded["oculus"] and "viseme_aa" in loaded["names"], loaded
         await page.wait_for_function("() => visemeClient.state === 'idle'", timeout=30_000)
         await page.evaluate("(t) => visemeClient.say(t)", TEXT)
+        # (sampling from the voice's start: on a busy machine synthesis alone can take a second)
+        await page.wait_for_function("() => visemeClient.events.some(e => e.type === 'speech_start')",
+                                     timeout=30_000)
         samples = []
         for _ in range(40):  # while it speaks: the model shows the viseme being heard, alone
             await asyncio.sleep(0.05)
