@@ -62,9 +62,9 @@ class RenderPace:
 
     def affordable(self, waiting: int, wanted: int) -> int:
         """Of `wanted` frames, how many can be drawn while `waiting` frames play (0: none in time;
-        one while the cost is still unknown)."""
+        all while the cost is still unknown)."""
         if self.cost is None or self.cost <= 0:
-            return min(wanted, 1)
+            return wanted
         return max(0, min(wanted, int(waiting * self.frame_s * self.margin / self.cost)))
 
 
@@ -166,7 +166,10 @@ class Speaker:
                                       await loop.run_in_executor(self.executor, source.render, start, count))
                         except Exception as exc:
                             raise SpeechFailed("render", exc) from exc
-                        if not opening:  # (a chunk's first pictures also pay for setting it up)
+                        # A chunk's first pictures also pay for setting it up: they count only as a
+                        # first, cautious estimate (a slow renderer must not run the queue dry on
+                        # the session's first words; a fast one soon shows its true cost).
+                        if not opening or self.pace.cost is None:
                             self.pace.record(len(videos), time.perf_counter() - began)
                         last_video = videos[-1]
                     for i, video in enumerate(videos):
