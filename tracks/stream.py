@@ -133,13 +133,16 @@ class AVStream:
 
     def _may_rest(self) -> bool:
         return (not len(self.queue) and self.current_utterance is None
-                and getattr(self.idle_source, "still", False)
-                and all(getattr(sink, "rests_when_still", False) for sink in self.sinks))
+                and getattr(self.idle_source, "still", False) and self._sinks_rest(audio_too=False))
 
     def _may_rest_through_speech(self) -> bool:
         return (self.current_utterance is not None and len(self.queue) > 1 and bool(self.sinks)
-                and all(getattr(sink, "rests_when_still", False) and not getattr(sink, "carries_audio", True)
-                        for sink in self.sinks))
+                and self._sinks_rest(audio_too=True))
+
+    def _sinks_rest(self, audio_too: bool) -> bool:
+        """Every sink does without ticks that repeat a still picture (and, audio_too, their audio)."""
+        return all(getattr(sink, "rests_when_still", False)
+                   and not (audio_too and getattr(sink, "carries_audio", True)) for sink in self.sinks)
 
     def _skip_still_speech(self) -> None:
         """Take, without emitting them, the queued speech frames that bring no sink anything new, up

@@ -68,7 +68,6 @@ class WebSocketClient(Output):
         self._writer: asyncio.Task | None = None
         self._mic_samples = 0
         self._mic_tb = Fraction(1, MIC_RATE)
-        self._voice_ahead = False
         self.sent_bytes = 0
         self.voice_bytes = 0
         self.dropped_ticks = 0
@@ -79,14 +78,13 @@ class WebSocketClient(Output):
         loop = asyncio.get_running_loop()
         renderer = session.renderer
         # Viseme mode: the voice goes ahead in voice messages (voice_ahead), the ticks stay silent.
-        self._voice_ahead = not renderer.draws_face
         self.encoder = FaceStreamEncoder(
             renderer.width, renderer.height, session.config.fps, session.config.sample_rate,
             deliver=lambda tick: loop.call_soon_threadsafe(self._queue_tick, tick),
-            quality=self.quality, audio_rate=self.audio_rate, carries_audio=not self._voice_ahead)
+            quality=self.quality, audio_rate=self.audio_rate, carries_audio=renderer.draws_face)
         self.queue_text_json({"type": "hello", "session_id": session.id, "width": renderer.width,
                               "height": renderer.height, "fps": session.config.fps, "audio_rate": self.audio_rate,
-                              "voice_ahead": self._voice_ahead})
+                              "voice_ahead": not self.encoder.carries_audio})
         self._writer = asyncio.create_task(self._write(), name=f"{self.id}:writer")
         session.stream.attach(self.encoder)
         session.events.attach(self.channel)
@@ -121,9 +119,10 @@ class WebSocketClient(Output):
         self._wake.set()
 
     def voice_ahead(self, utterance_id: str, start_tick: int, audio: np.ndarray) -> None:
-        if not self._voice_ahead or self.state != "running" or self.encoder is None or self.session is None:
+        encoder = self.encoder
+        if encoder is None or encoder.carries_audio or self.state != "running" or self.session is None:
             return
-        audio = downsample(audio, self.encoder.step)
+        audio = downsample(audio, encoder.step)
         message = voice_message(utterance_id, start_tick / self.session.config.fps, audio, self.audio_rate)
         self._outbox.append(message)
         self.voice_bytes += len(message)
