@@ -587,19 +587,24 @@ async def measure_v2v(driver, questions: int, llm: str, server_args: tuple[str, 
             server.stop()
     latencies = [d["latencyMs"] for d in details]
     stages = [t.get("stages_ms", {}) for t in turns]
+    verdicts = [{k: t.get(k) for k in ("user_text", "turn_verdict", "turn_reason", "turn_probability", "ended_by")}
+                for t in turns]
     summary = spread(latencies)
     if latencies:
         summary["p95"] = round(float(np.percentile(latencies, 95)), 1)
     result = {"questions": count, "llm": llm, "server_args": list(server_args),
               "server_script": str(server_script or "run.py"), "page_v2v_ms": summary, "turns": details, "server_stages_ms": stages,
+              "server_verdicts": verdicts,
               "start_of_measurement": sorted({d["from"] for d in details})}
     if latencies:
         print(f"  voice-to-voice p50 {summary['p50']:.0f} ms, p95 {summary['p95']:.0f} ms", flush=True)
     print(f"  voice-to-voice over {len(latencies)} of {count} questions: "
           + (", ".join(f"{x:.0f}" for x in latencies) or "none") + " ms "
           f"(page: end of mic speech -> first avatar audio; from {result['start_of_measurement']})", flush=True)
-    for i, s in enumerate(stages):
-        print(f"    turn {i + 1} server stages: " + " ".join(f"{k}={v}" for k, v in s.items() if v is not None), flush=True)
+    for i, (s, verdict) in enumerate(zip(stages, verdicts)):
+        print(f"    turn {i + 1} server stages: " + " ".join(f"{k}={v}" for k, v in s.items() if v is not None)
+              + f"  ({verdict['turn_verdict']} by {verdict['turn_reason']}, p={verdict['turn_probability']},"
+              f" ended by {verdict['ended_by']}: {verdict['user_text']!r})", flush=True)
     return result
 
 

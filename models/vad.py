@@ -106,6 +106,9 @@ class VadConfig:
     # Silence after the last speech frame kept at the end of the utterance audio.
     post_roll_ms: float = 150.0
     max_utterance_s: float = 20.0
+    # After a SpeechEnd, the audio that follows is kept this long so that speech starting within it
+    # can continue the ended utterance (VadStream.continue_last); 0: never.
+    resume_ms: float = 0.0
 
     @property
     def silence_threshold(self) -> float:
@@ -184,6 +187,7 @@ class VadStream:
         pause = max(pause, self._post_roll_frames) if pause else 0
         self._pause_frames = pause if pause < self._end_frames else 0  # 0: no SpeechPause
         self._max_frames = max(1, int(cfg.max_utterance_s / FRAME_S))
+        self._resume_frames = math.ceil(cfg.resume_ms / 1000 / FRAME_S)
         self._frames_seen = 0  # stream clock, in frames; survives reset()
         self.probability = 0.0
         self.reset()
@@ -214,6 +218,12 @@ class VadStream:
         self._silent = 0  # silence frames since the last speech frame
         self._paused = False  # a SpeechPause was sent for the silence going on
         self._end_early = 0  # end_after(): silence frames that end this silence's turn (0: end_silence_ms)
+        # The last ended utterance and every frame since, while speech may still continue it.
+        self._ended: list[np.ndarray] | None = None
+        self._ended_start = 0
+        self._since_end: list[np.ndarray] = []
+        # At a SpeechStart within resume_ms: that utterance and the silence up to the new one.
+        self._continuable: tuple[int, list[np.ndarray]] | None = None
 
     def push(self, samples: np.ndarray) -> list[VadEvent]:
         """Feed 16 kHz mono audio (float32 in [-1, 1] or int16) of any length."""
@@ -244,6 +254,10 @@ class VadStream:
         cfg = self.config
         if not self._speaking:
             self._recent.append(frame)
+            if self._ended is not None:
+                self._since_end.append(frame)
+                if len(self._since_end) > self._resume_frames:
+                    self._ended, self._since_end = None, []
             self._run = self._run + 1 if prob >= cfg.threshold else 0
             if self._run >= (self._quick_onset_frames if self.quick_onset else self._onset_frames):
                 self._begin(index - self._run + 1, events)
@@ -285,6 +299,19 @@ class VadStream:
         self._end_early = min(frames, self._end_frames)
         return []
 
+    def continue_last(self) -> bool:
+        """Make the utterance that has just started (SpeechStart) the continuation of the one that ended
+        before it: its SpeechPause and SpeechEnd then carry both, with the silence between as heard, and
+        start where the first began. False (nothing changes) when no utterance ended within resume_ms
+        before this one, or it was already continued."""
+        if not self._speaking or self._continuable is None:
+            return False
+        start_frame, before = self._continuable
+        self._continuable = None
+        self._utterance = before + self._utterance
+        self._start_frame = start_frame
+        return True
+
     def _begin(self, first_frame: int, events: list[VadEvent]) -> None:
         self._speaking = True
         self._start_frame = first_frame
@@ -293,6 +320,11 @@ class VadStream:
         # The onset run plus up to pre_roll of what came before it.
         self._utterance = list(self._recent)[-(self._run + self._pre_roll_frames):]
         self._recent.clear()
+        self._continuable = None
+        if self._ended is not None:
+            gap = self._since_end[:len(self._since_end) - len(self._utterance)]
+            self._continuable = (self._ended_start, self._ended + gap)
+            self._ended, self._since_end = None, []
         self._run = 0
         events.append(SpeechStart(t=first_frame * FRAME_S, detected_at=self.time))
 
@@ -303,10 +335,14 @@ class VadStream:
         if forced or speech_frames >= self._min_speech_frames:
             events.append(SpeechEnd(t=end, audio=self._utterance_audio(), start=start, detected_at=self.time,
                                     forced=forced))
+            if self._resume_frames and not forced:
+                # Kept whole (trailing silence too): a continuation hears the gap exactly as it was.
+                self._ended, self._ended_start, self._since_end = self._utterance, self._start_frame, []
         else:
             events.append(SpeechDiscarded(t=end, start=start, detected_at=self.time))
         self._speaking = False
         self._utterance = []
+        self._continuable = None
         self._silent = 0
         self._run = 0
         self._paused = False

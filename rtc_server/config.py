@@ -70,6 +70,9 @@ class Config:
     # Silence that ends a turn when words and voice disagree. bench_turn_taking (10 sentences with
     # mid-sentence pauses): 300 ms cut off 4 of 10 at a 500 ms pause, 600 ms 1-2 of 10.
     turn_unsure_wait_ms: int = 600
+    # Speech within this much silence after a turn ended, while its answer is still unheard, continues
+    # that turn (the answer begun is dropped): an end of turn guessed too early costs no cut-off.
+    turn_resume_ms: int = 2000
     barge_in: bool = True
     barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)
     # The VAD starts the speculation no sooner than its 150 ms post-roll (five 32 ms frames, 160 ms),
@@ -173,6 +176,9 @@ _HELP = {
                         "the user to go on",
     "turn_unsure_wait_ms": "with --turn-detector smart: the silence that ends a turn when words and voice "
                            "disagree (or the voice was not asked)",
+    "turn_resume_ms": "a user who speaks again within this much silence (ms) after their turn ended, before "
+                      "its answer is heard, continues that turn as one (the answer begun is dropped); 0: never, "
+                      "the next words are a turn of their own",
     "barge_in": "stop talking when the user starts speaking",
     "barge_in_onset_ms": "user speech (ms) that interrupts the avatar while it talks",
     "speculate_after_ms": "silence (ms) after which recognition and the reply start in the background, "
@@ -279,6 +285,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if config.turn_detector == "smart" and config.turn_max_wait_ms < config.turn_unsure_wait_ms:
         raise SystemExit(f"--turn-max-wait-ms ({config.turn_max_wait_ms}) must be at least --turn-unsure-wait-ms "
                          f"({config.turn_unsure_wait_ms})")
+    if config.turn_resume_ms < 0:
+        raise SystemExit(f"--turn-resume-ms must be 0 or more, got {config.turn_resume_ms}")
     if config.llm not in ("local", "openai", "echo"):
         raise SystemExit(f"--llm must be local, openai or echo, got {config.llm!r}")
     return config

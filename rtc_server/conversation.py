@@ -17,6 +17,7 @@ from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
 from models.turn import TurnJudgement, Verdict, judge, judge_words
 from rtc_server.session import Session
+from rtc_server.pending_turn import PendingTurn
 from rtc_server.speculation import Prefetch, Speculation
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class TurnTiming:
     speculative_asr_done: float | None = None  # when that early recognition finished
     speculative_first_token: float | None = None  # when its reply's first token came
     speculations_dropped: int = 0  # begun in earlier pauses of the turn, dropped when the user went on
+    # Earlier ends of this turn taken back: the user went on before the answer to them was heard.
+    ends_withdrawn: int = 0
     # The end-of-turn verdict at the pause that ended the turn (--turn-detector smart), and what ended it:
     # "verdict" (judged complete), "silence" (--end-silence-ms or, judged unfinished, --turn-max-wait-ms),
     # "max_utterance" (too long).
@@ -109,8 +112,10 @@ class Conversation:
         self.unsure_wait_ms = config.turn_unsure_wait_ms
         self.turn_threshold = config.turn_threshold
         pause_ms = config.speculate_after_ms or (SMART_PAUSE_MS if self.smart else None)
+        # A user who goes on within --turn-resume-ms, before the answer is heard, continues the turn.
         self.vad = bundle.vad.stream(end_silence_ms=config.turn_max_wait_ms if self.smart else config.end_silence_ms,
-                                     pause_ms=pause_ms, quick_onset_ms=config.barge_in_onset_ms)
+                                     pause_ms=pause_ms, quick_onset_ms=config.barge_in_onset_ms,
+                                     resume_ms=config.turn_resume_ms)
         self._pauses = 0  # pauses seen: a verdict counts only for the pause it judged
         self._judgement: TurnJudgement | None = None  # the verdict on the pause going on
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=ASR_RATE)
@@ -121,6 +126,8 @@ class Conversation:
         self._turn: asyncio.Task | None = None
         self._speculation: Speculation | None = None  # work on the turn in its end-of-turn pause
         self._dropped = 0  # speculations dropped since the user's speech began
+        self._pending: PendingTurn | None = None  # the last spoken turn, until its answer is heard
+        self._withdrawn = 0  # ends of the turn going on taken back (the user went on)
         self._samples_in = 0          # 16 kHz samples fed to the VAD so far
         self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
         self.user_speaking = False
@@ -135,8 +142,9 @@ class Conversation:
                 if self._stream_t0 is None:
                     self._stream_t0 = time.monotonic() - len(pcm) / ASR_RATE
                 self._samples_in += len(pcm)
-                # Talking over the avatar should stop it fast: a one-frame onset then.
-                self.vad.quick_onset = self.quick_barge_in and self._avatar_busy()
+                # Talking over the avatar should stop it fast: a one-frame onset then. Not while the
+                # answer is still unheard: going on then withdraws the turn, which a click must not do.
+                self.vad.quick_onset = self.quick_barge_in and self._avatar_busy() and not self._may_withdraw()
                 for event in self.vad.push(pcm):
                     self._on_vad(event)
         except Exception as exc:  # garbage audio must not end the session
@@ -150,16 +158,24 @@ class Conversation:
     def _avatar_busy(self) -> bool:
         return self.session.speaking or (self._turn is not None and not self._turn.done())
 
+    def _may_withdraw(self) -> bool:
+        """The last spoken turn's answer is unheard and nothing else is on air: going on continues it."""
+        return self._pending is not None and not self._pending.heard and self.session.state != "speaking"
+
     def _on_vad(self, event) -> None:
         kind = type(event).__name__
         if kind == "SpeechStart":
-            if self._avatar_busy():
-                if not self.barge_in:
-                    return  # half duplex: the avatar's own voice must not become a turn
-                log.info("session %s: barge-in", self.session.id)
-                self.session.interrupt()
+            if self._may_withdraw() and self.vad.continue_last():
+                self._withdraw()
+            else:
+                if self._avatar_busy():
+                    if not self.barge_in:
+                        return  # half duplex: the avatar's own voice must not become a turn
+                    log.info("session %s: barge-in", self.session.id)
+                    self.session.interrupt()
+                self._dropped = 0
+                self._withdrawn = 0
             self.user_speaking = True
-            self._dropped = 0
             self.session.set_state("listening")
         elif kind == "SpeechPause":
             self._next_silence()
@@ -189,7 +205,7 @@ class Conversation:
             self.user_speaking = False
             timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
                                 speculated_at=speculation.started if speculation is not None else None,
-                                speculations_dropped=self._dropped,
+                                speculations_dropped=self._dropped, ends_withdrawn=self._withdrawn,
                                 silence_heard_ms=round((event.detected_at - event.t) * 1000, 1))
             if judgement is not None:
                 timing.turn_verdict = judgement.verdict.value
@@ -198,7 +214,19 @@ class Conversation:
             timing.ended_by = ("max_utterance" if event.forced else
                                "verdict" if judgement is not None and judgement.verdict is Verdict.COMPLETE
                                else "silence")
-            self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation))
+            self._pending = PendingTurn(self.session.events)
+            self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation,
+                                              self._pending))
+
+    def _withdraw(self) -> None:
+        """The user went on before the answer was heard: take the turn back (nothing of it was shown);
+        the VAD carries its audio into the turn going on."""
+        pending, self._pending = self._pending, None
+        if pending is None or not pending.withdraw():
+            return
+        self._withdrawn += 1
+        log.info("session %s: the user went on before the answer was heard: one turn continues", self.session.id)
+        self.session.interrupt()
 
     def _next_silence(self) -> None:
         """The pause being judged is over (speech came back, or the turn ended): its verdict goes stale."""
@@ -251,7 +279,10 @@ class Conversation:
         # The same events as a spoken turn: the user's words, then the reply.
         self.session.events.send({"type": "transcript", "text": text, "final": True, "source": "text"})
         timing = TurnTiming(source="text", user_text=text, asr_done=time.monotonic())
-        self._start_turn(self._reply(text, timing))
+        # Typed words cannot go on: nothing of the turn is held back.
+        turn = PendingTurn(self.session.events)
+        turn.release()
+        self._start_turn(self._reply(text, timing, turn))
         return {"accepted": True}
 
     # ---- turns -------------------------------------------------------------------------
@@ -301,7 +332,8 @@ class Conversation:
 
     # ---- turns -------------------------------------------------------------------------
 
-    async def _voice_turn(self, audio: np.ndarray, timing: TurnTiming, speculation: Speculation | None) -> None:
+    async def _voice_turn(self, audio: np.ndarray, timing: TurnTiming, speculation: Speculation | None,
+                          turn: PendingTurn) -> None:
         session = self.session
         session.set_state("thinking")
 
@@ -316,23 +348,29 @@ class Conversation:
                 else:
                     text = await self._transcribe(audio, partial)
             except Exception as exc:
+                turn.release()
                 session.report_error("asr", f"speech recognition failed: {exc}")
                 session.set_state("idle")
                 return
             timing.asr_done = time.monotonic()
             if not text:  # noise, a cough: no words, no turn
+                turn.release()
                 session.set_state("idle")
                 return
-            session.events.send({"type": "transcript", "text": text, "final": True, "source": "voice"})
+            # The words show at once; they are final (a turn of the chat log) once the answer is heard.
+            session.events.send({"type": "transcript", "text": text, "final": False, "source": "voice"})
+            turn.send({"type": "transcript", "text": text, "final": True, "source": "voice"})
             timing.user_text = text
             ahead = speculation.reply(self.history.messages(pending_user=text)) if speculation is not None else None
-            await self._reply(text, timing, ahead)
+            await self._reply(text, timing, turn, ahead)
         finally:
             if speculation is not None:
                 speculation.cancel()  # whatever of it was not used
 
-    async def _reply(self, text: str, timing: TurnTiming, deltas: AsyncIterator[str] | None = None) -> None:
-        """Answer `text` out loud; `deltas` is the reply when it is already being written."""
+    async def _reply(self, text: str, timing: TurnTiming, turn: PendingTurn,
+                     deltas: AsyncIterator[str] | None = None) -> None:
+        """Answer `text` out loud; `deltas` is the reply when it is already being written. What the turn
+        shows and keeps (events, the history) goes through `turn`, which holds it until the answer is heard."""
         session = self.session
         session.set_state("thinking")
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
@@ -343,7 +381,6 @@ class Conversation:
         splitter = ClauseSplitter(min_first_words=3, max_sentences=3, lead_words=self.lead_words)
         reply = ""
         uid: str | None = None
-        self.turns.append(timing)
 
         async def clause_stream() -> AsyncIterator[str]:
             while (clause := await clauses.get()) is not None:
@@ -357,7 +394,7 @@ class Conversation:
             if uid is None:
                 uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"))
                 timing.utterance_id = uid
-                session.watch_utterance(uid, lambda: self._on_air(timing))
+                session.watch_utterance(uid, lambda: self._on_air(timing, turn))
 
         try:
             if deltas is None:
@@ -369,7 +406,7 @@ class Conversation:
                         if isinstance(deltas, Prefetch):
                             timing.speculative_first_token = deltas.first_item_at
                     reply += delta
-                    session.events.send({"type": "reply", "text": reply, "final": False})
+                    turn.send({"type": "reply", "text": reply, "final": False})
                     for clause in splitter.feed(delta):
                         queue_clause(clause)
                     if splitter.done:
@@ -380,27 +417,35 @@ class Conversation:
         except LLMError as exc:
             session.report_error("llm", f"reply failed: {exc}")
         except asyncio.CancelledError:
+            turn.release()  # interrupted, not withdrawn: what was said and answered so far stays
             raise
         except Exception as exc:
             log.exception("session %s: reply failed", session.id)
             session.report_error("llm", f"reply failed: {exc}")
         finally:
             clauses.put_nowait(None)
-            trims = self.history.trims
-            self.history.add_user(text)
-            if reply:
-                self.history.add_assistant(reply)
-            if self.history.trims != trims:
-                # The prompt's start changed: read it now, while the reply plays, rather than
-                # when the user's next question is waiting (~1.5 s for SmolLM2 on 2 cores).
-                session.spawn(self.llm.prefill(self.history.messages()), "llm-prefill")
-            session.events.send({"type": "reply", "text": reply, "final": True})
+            turn.send({"type": "reply", "text": reply, "final": True})
+            turn.on_heard(lambda: self._remember(text, reply, timing))
         if uid is None:
+            turn.release()
             session.set_state("idle")
         log.info("session %s: turn %r -> %r", session.id, text[:60], reply[:60])
 
+    def _remember(self, text: str, reply: str, timing: TurnTiming) -> None:
+        """A turn the user heard answered (or interrupted): into the history and the stats."""
+        self.turns.append(timing)
+        trims = self.history.trims
+        self.history.add_user(text)
+        if reply:
+            self.history.add_assistant(reply)
+        if self.history.trims != trims:
+            # The prompt's start changed: read it now, while the reply plays, rather than
+            # when the user's next question is waiting (~1.5 s for SmolLM2 on 2 cores).
+            self.session.spawn(self.llm.prefill(self.history.messages()), "llm-prefill")
 
-    def _on_air(self, timing: TurnTiming) -> None:
+
+    def _on_air(self, timing: TurnTiming, turn: PendingTurn) -> None:
+        turn.release()
         _mark(timing, "first_frame")
         timing.finish()
         if self.session.metrics is not None:

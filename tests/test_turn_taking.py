@@ -79,9 +79,9 @@ async def test_a_600_ms_pause_mid_sentence_is_one_turn(conversation_server):
 
 
 async def test_the_silence_detector_cuts_the_same_sentence_in_two(listen_config, listen_models):
-    """--turn-detector silence keeps the old rule, 300 ms of silence: the 600 ms pause ends a turn, and
-    the user going on talks over it (its first half is lost or answered alone)."""
-    config = dataclasses.replace(listen_config, turn_detector="silence")
+    """--turn-detector silence with --turn-resume-ms 0 keeps the old rule, 300 ms of silence: the 600 ms
+    pause ends a turn, and the user going on talks over it (its first half is lost or answered alone)."""
+    config = dataclasses.replace(listen_config, turn_detector="silence", turn_resume_ms=0)
     base_url, _, server = await start_server(config, listen_models)
     audio, _ = paused_sentence("Tell me something about", "the history of Rome.", 600, "en-us+f3")
     client, microphone = await connect(base_url)
@@ -138,3 +138,36 @@ async def test_the_verdict_never_makes_a_finished_turn_wait_longer_than_the_sile
     # In stream time; the verdict comes when recognition is done (about 150-300 ms on 2 cores), so
     # anything near --turn-max-wait-ms (1500) means the turn was held as unfinished.
     assert turn["silence_heard_ms"] < 1000, turn
+
+
+async def test_going_on_before_the_answer_is_heard_withdraws_the_turn(listen_config, listen_models):
+    """The turn ends in a pause the user then goes on from: the answer begun is unheard (the reply model
+    takes ~1 s for its first clause), so the turn is taken back and continues. The client sees one turn:
+    one final transcript with both halves, one answer to all of it, nothing spoken before."""
+    from models.llm import EchoChatModel
+
+    bundle = dataclasses.replace(listen_models, llm=EchoChatModel(delay_s=0.3))
+    base_url, _, server = await start_server(listen_config, bundle)
+    # 900 ms: past --turn-unsure-wait-ms (600), so whatever the verdict the turn ends inside the pause.
+    audio, gap_ms = paused_sentence("Tell me a story", "about the moon.", 900, "en-us+f3")
+    client, microphone = await connect(base_url)
+    try:
+        transcripts, turn = await ask(client, microphone, audio)
+        events = [e for _, e in client.events]
+        _, body = await client.request("GET", f"/sessions/{client.session_id}")
+    finally:
+        await client.close()
+        await server.close()
+    assert turn["ends_withdrawn"] >= 1, ("the turn should have ended in the pause and been taken back", gap_ms, turn)
+    assert len(transcripts) == 1 and len(body["turns"]) == 1, (transcripts, body["turns"])
+    heard = words(transcripts[0]["text"])
+    assert "story" in heard and "moon" in heard, transcripts
+    replies = [e for e in events if e.get("type") == "reply" and e["final"]]
+    assert len(replies) == 1 and "moon" in words(replies[0]["text"]), replies
+    whole = events.index(transcripts[0])
+    shown = [e for e in events[:whole] if e.get("type") in ("reply", "speech_start")
+             or (e.get("type") == "transcript" and e["final"])]
+    assert not shown, f"nothing of the withdrawn turn is shown or said: {shown}"
+    assert len([e for e in events if e.get("type") == "speech_start"]) == 1
+    states = [e["state"] for e in events if e.get("type") == "state"]
+    assert "thinking" in states[states.index("listening") + 1:] and states.count("thinking") >= 2, states

@@ -273,3 +273,45 @@ def test_speech_coming_back_cancels_an_early_end(detector, sentence):
     events = push_in_chunks(stream, concat(sentence, silence(0.6)))
     assert not any(isinstance(e, SpeechEnd) for e in events), "the early end was for the silence before"
     assert stream.in_speech
+
+
+def _push_continuing(stream, audio: np.ndarray, chunk: int = 320) -> tuple[list, list[bool]]:
+    """Push like a receiver, asking continue_last() at every SpeechStart after the first; its answers."""
+    events, answers = [], []
+    for i in range(0, audio.size, chunk):
+        for event in stream.push(audio[i : i + chunk]):
+            events.append(event)
+            if isinstance(event, SpeechStart) and len(events) > 1:
+                answers.append(stream.continue_last())
+    return events, answers
+
+
+def test_speech_soon_after_an_end_can_continue_that_utterance_word_for_word(detector, sentence):
+    """continue_last() joins the ended utterance, the silence after it and the new speech: the SpeechEnd then
+    carries exactly the audio one unbroken turn would have, from the same start."""
+    sentence = sentence[: int((speech_bounds(sentence)[1] + 0.01) * SAMPLE_RATE)]  # without espeak's own tail
+    second = espeak("Tell me a joke about cats.")
+    audio = concat(silence(0.5), sentence, silence(0.6), second, silence(1.5))
+    events, answers = _push_continuing(detector.stream(end_silence_ms=300, resume_ms=2000), audio)
+    assert kinds(events) == ["SpeechStart", "SpeechEnd", "SpeechStart", "SpeechEnd"] and answers == [True]
+    whole = [e for e in push_in_chunks(detector.stream(end_silence_ms=1000), audio) if isinstance(e, SpeechEnd)]
+    assert len(whole) == 1
+    assert events[3].start == whole[0].start == events[1].start
+    assert events[3].t == whole[0].t
+    assert np.array_equal(events[3].audio, whole[0].audio)
+
+    # Not asked to continue, the second utterance is on its own.
+    alone = [e for e in push_in_chunks(detector.stream(end_silence_ms=300, resume_ms=2000), audio)
+             if isinstance(e, SpeechEnd)]
+    assert alone[1].start > events[1].t and alone[1].audio.size < whole[0].audio.size - sentence.size // 2
+
+
+def test_continue_last_needs_an_end_within_resume_ms(detector, sentence):
+    second = espeak("Tell me a joke about cats.")
+    audio = concat(silence(0.5), sentence, silence(1.2), second, silence(1.0))
+    for resume_ms, expected in ((500, [False]), (0, [False]), (2000, [True])):
+        events, answers = _push_continuing(detector.stream(end_silence_ms=300, resume_ms=resume_ms), audio)
+        assert kinds(events) == ["SpeechStart", "SpeechEnd", "SpeechStart", "SpeechEnd"], resume_ms
+        assert answers == expected, resume_ms
+    stream = detector.stream(end_silence_ms=300, resume_ms=2000)
+    assert not stream.continue_last(), "nothing is being said"
