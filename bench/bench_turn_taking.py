@@ -7,9 +7,10 @@
 Each sentence of tests/spoken_sets.PAUSED is spoken by espeak-ng in one breath with an SSML
 break of 300, 500, 700 or 900 ms between its halves (the real silence is measured and
 printed), into a real aiortc client's microphone, against the server as a subprocess
-(`run.py --llm echo --turn-detector D`). A trial is cut off when the server began to answer
-before the second half (two "thinking" states), or when no final transcript came at all (both
-halves lost to the second talking over the first). For whole turns the server's own record gives the end-of-turn verdict and the
+(`run.py --llm echo --turn-detector D`; `--llm local` with --llm). A trial is cut off when the
+sentence became two turns (two final transcripts), when the avatar began to speak before the
+user's last turn, or when no final transcript came at all. An end of turn taken back because the
+user went on before its answer was heard (--turn-resume-ms) is not a cut: the client saw one turn. For whole turns the server's own record gives the end-of-turn verdict and the
 wait from the end of speech to the end of turn.
 
 Voice-to-voice latency (end of the question to the first avatar audio, with the end-of-turn
@@ -52,25 +53,38 @@ async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
         if any(last_word in words(t["text"]) for t in transcripts) and any(
                 e.get("type") == "reply" and e.get("final") for e in events[events.index(transcripts[-1]):]):
             break
-    await asyncio.sleep(1.5)  # let the echo finish speaking before the next trial
+    # Let the answer finish speaking before the next trial (the local model says up to three sentences).
+    quiet_by = time.monotonic() + 20.0
+    while time.monotonic() < quiet_by:
+        events = [e for _, e in client.events[seen:]]
+        starts = sum(1 for e in events if e.get("type") == "speech_start")
+        ends = sum(1 for e in events if e.get("type") == "speech_end" and not e.get("interrupted"))
+        if starts and ends >= starts:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
     events = [e for _, e in client.events[seen:]]
-    thinking = sum(1 for e in events if e.get("type") == "state" and e.get("state") == "thinking")
-    transcripts = [e["text"] for e in events if e.get("type") == "transcript" and e.get("final")]
+    final = [i for i, e in enumerate(events) if e.get("type") == "transcript" and e.get("final")]
+    transcripts = [events[i]["text"] for i in final]
+    spoken = [i for i, e in enumerate(events) if e.get("type") == "speech_start"]
     heard_last = bool(transcripts) and last_word in words(transcripts[0])
     _, body = await client.request("GET", f"/sessions/{client.session_id}")
     turn = (body.get("turns") or [{}])[-1]
-    # Cut off: the server began to answer before the second half (which then talked over it), or nothing
-    # of the sentence came through. A misheard last word in one turn ("capital of Friends") is not a cut.
-    return {"transcripts": transcripts, "answers_begun": thinking, "cut_off": thinking >= 2 or not transcripts,
-            "last_word_heard": heard_last,
+    # Cut off: the sentence became two turns, or the avatar began to answer before the user's last turn
+    # (the second half talked over it), or nothing of the sentence came through. A misheard last word in
+    # one turn ("capital of Friends") is not a cut; nor is an end of turn taken back before anything of
+    # its answer was heard (ends_withdrawn).
+    cut = len(final) != 1 or any(i < final[-1] for i in spoken)
+    return {"transcripts": transcripts, "answers_begun": len(spoken), "cut_off": cut,
+            "ends_withdrawn": turn.get("ends_withdrawn"), "last_word_heard": heard_last,
             "verdict": turn.get("turn_verdict"), "reason": turn.get("turn_reason"),
             "probability": turn.get("turn_probability"), "ended_by": turn.get("ended_by"),
             "end_of_turn_wait_ms": (turn.get("stages_ms") or {}).get("end_of_turn_wait")}
 
 
 async def run_detector(detector: str, voices: list[str], pauses: list[int], sentences: int,
-                       server_args: list[str]) -> dict:
-    server = ServerProcess(f"turns-{detector}", ["--llm", "echo", "--turn-detector", detector, *server_args])
+                       server_args: list[str], llm: str) -> dict:
+    server = ServerProcess(f"turns-{detector}", ["--llm", llm, "--turn-detector", detector, *server_args])
     await server.start()
     rows = []
     try:
@@ -86,7 +100,8 @@ async def run_detector(detector: str, voices: list[str], pauses: list[int], sent
                     result.update(voice=voice, sentence=f"{first} | {second}", pause_ms=pause, gap_ms=round(gap_ms))
                     rows.append(result)
                     print(f"  {detector:7s} {voice:9s} {pause:4d} ms (real {gap_ms:4.0f})  "
-                          f"{'CUT ' if result['cut_off'] else 'whole'}  {result['transcripts']}", flush=True)
+                          f"{'CUT ' if result['cut_off'] else 'whole'}  withdrawn {result['ends_withdrawn']}  "
+                          f"{result['transcripts']}", flush=True)
         await client.close()
     finally:
         server.stop()
@@ -94,14 +109,15 @@ async def run_detector(detector: str, voices: list[str], pauses: list[int], sent
     for pause in pauses:
         these = [r for r in rows if r["pause_ms"] == pause]
         by_pause[pause] = {"trials": len(these), "cut_off": sum(r["cut_off"] for r in these)}
-    return {"detector": detector, "server_args": server_args, "by_pause": by_pause, "trials": rows}
+    return {"detector": detector, "llm": llm, "server_args": server_args, "by_pause": by_pause, "trials": rows}
 
 
 async def main_async(args) -> None:
     results = []
     for detector in args.detectors:
         print(f"--turn-detector {detector}:", flush=True)
-        results.append(await run_detector(detector, args.voices, args.pauses, args.sentences, args.server_arg))
+        results.append(await run_detector(detector, args.voices, args.pauses, args.sentences, args.server_arg,
+                                          args.llm))
     OUT.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print("cut off mid-sentence, by pause length:")
@@ -116,6 +132,8 @@ def main() -> None:
     parser.add_argument("--voices", nargs="+", default=["en-us+f3"])
     parser.add_argument("--pauses", nargs="+", type=int, default=list(PAUSES_MS))
     parser.add_argument("--sentences", type=int, default=len(PAUSED))
+    parser.add_argument("--llm", choices=["echo", "local"], default="echo",
+                        help="the reply model: echo answers at once (the hardest case for taking an end back)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra run.py argument (repeatable), e.g. --server-arg=--turn-unsure-wait-ms=300")
     parser.add_argument("--out", type=Path, default=OUT / "turn_taking.json")

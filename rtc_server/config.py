@@ -174,8 +174,9 @@ _HELP = {
     "turn_threshold": "Smart Turn probability (0-1) at or above which the voice says the turn is finished",
     "turn_max_wait_ms": "with --turn-detector smart: the longest silence a turn judged unfinished waits for "
                         "the user to go on",
-    "turn_unsure_wait_ms": "with --turn-detector smart: the silence that ends a turn when words and voice "
-                           "disagree (or the voice was not asked)",
+    "turn_unsure_wait_ms": "with --turn-detector smart: when words and voice disagree (or the voice was not "
+                           "asked), the silence before the answer may be heard; the turn ends at once and the "
+                           "answer is made meanwhile, withdrawn if the user goes on",
     "turn_resume_ms": "a user who speaks again within this much silence (ms) after their turn ended, before "
                       "its answer is heard, continues that turn as one (the answer begun is dropped); 0: never, "
                       "the next words are a turn of their own",

@@ -45,8 +45,9 @@ class TurnTiming:
     # Earlier ends of this turn taken back: the user went on before the answer to them was heard.
     ends_withdrawn: int = 0
     # The end-of-turn verdict at the pause that ended the turn (--turn-detector smart), and what ended it:
-    # "verdict" (judged complete), "silence" (--end-silence-ms or, judged unfinished, --turn-max-wait-ms),
-    # "max_utterance" (too long).
+    # "verdict" (judged complete), "held" (judged unsure: ended at once, its answer not heard before
+    # --turn-unsure-wait-ms of silence), "silence" (--end-silence-ms or, judged unfinished,
+    # --turn-max-wait-ms), "max_utterance" (too long).
     turn_verdict: str | None = None
     turn_reason: str | None = None
     turn_probability: float | None = None
@@ -58,6 +59,7 @@ class TurnTiming:
     llm_first_token: float | None = None
     first_clause: float | None = None
     tts_first_audio: float | None = None
+    answer_allowed: float | None = None  # a held turn: when the silence it was held for had passed
     first_frame: float | None = None  # first frame of the reply left on the clock
     utterance_id: str | None = None
     stages_ms: dict = field(default_factory=dict)
@@ -73,7 +75,11 @@ class TurnTiming:
             "llm_first_token": span(self.asr_done, self.llm_first_token),
             "llm_first_clause": span(self.asr_done, self.first_clause),
             "tts_first_audio": span(self.first_clause, self.tts_first_audio),
-            "first_frame": span(self.tts_first_audio, self.first_frame),
+            # A held turn's answer, ready, waiting for the silence (0: it was ready later).
+            "answer_hold": (max(0.0, span(self.tts_first_audio, self.answer_allowed))
+                            if self.answer_allowed is not None and self.tts_first_audio is not None else None),
+            "first_frame": span(max(self.tts_first_audio, self.answer_allowed or 0.0)
+                                if self.tts_first_audio is not None else None, self.first_frame),
             "server_total": span(self.speech_end if self.source == "voice" else start, self.first_frame),
         }
         if self.speculated_at is not None:
@@ -106,7 +112,7 @@ class Conversation:
         self.prefetch_reply = config.speculate_after_ms > 0
         # --turn-detector smart: at that pause the words and the voice are judged (models/turn.py); a
         # finished turn ends then, an unfinished one waits up to turn_max_wait_ms of silence, and
-        # when they disagree the turn ends after turn_unsure_wait_ms.
+        # when they disagree the turn ends then too but its answer is held until turn_unsure_wait_ms.
         self.smart = config.turn_detector == "smart"
         self.turn_model = bundle.turn if self.smart else None
         self.unsure_wait_ms = config.turn_unsure_wait_ms
@@ -127,6 +133,8 @@ class Conversation:
         self._speculation: Speculation | None = None  # work on the turn in its end-of-turn pause
         self._dropped = 0  # speculations dropped since the user's speech began
         self._pending: PendingTurn | None = None  # the last spoken turn, until its answer is heard
+        # A held turn: its speech's end (stream seconds) and its timing, until the silence lets it answer.
+        self._held: tuple[float, TurnTiming] | None = None
         self._withdrawn = 0  # ends of the turn going on taken back (the user went on)
         self._samples_in = 0          # 16 kHz samples fed to the VAD so far
         self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
@@ -147,6 +155,7 @@ class Conversation:
                 self.vad.quick_onset = self.quick_barge_in and self._avatar_busy() and not self._may_withdraw()
                 for event in self.vad.push(pcm):
                     self._on_vad(event)
+                self._check_hold()
         except Exception as exc:  # garbage audio must not end the session
             self.mic_errors += 1
             if self.mic_errors in (1, 100):
@@ -157,6 +166,28 @@ class Conversation:
 
     def _avatar_busy(self) -> bool:
         return self.session.speaking or (self._turn is not None and not self._turn.done())
+
+    def _check_hold(self) -> None:
+        """Let a held turn answer once the VAD has heard --turn-unsure-wait-ms of silence after its speech
+        (and is not hearing the onset of more)."""
+        if self._held is None or self._pending is None:
+            return
+        speech_end, timing = self._held
+        if ((self.vad.time - speech_end) * 1000 >= self.unsure_wait_ms and not self.vad.in_speech
+                and self.vad.probability < self.vad.config.threshold):
+            self._allow_answer(self._pending, timing)
+
+    def _allow_answer(self, pending: PendingTurn, timing: TurnTiming) -> None:
+        if self._pending is pending:
+            self._held = None
+        if pending.answer_held and not pending.withdrawn:
+            timing.answer_allowed = time.monotonic()
+            pending.allow_answer()
+
+    async def _answer_anyway(self, pending: PendingTurn, timing: TurnTiming) -> None:
+        """Should the microphone stop sending, the wall clock lets a held turn answer."""
+        await asyncio.sleep(self.unsure_wait_ms / 1000 + 0.5)
+        self._allow_answer(pending, timing)
 
     def _may_withdraw(self) -> bool:
         """The last spoken turn's answer is unheard and nothing else is on air: going on continues it."""
@@ -211,10 +242,16 @@ class Conversation:
                 timing.turn_verdict = judgement.verdict.value
                 timing.turn_reason = judgement.reason
                 timing.turn_probability = judgement.probability
+            held = judgement is not None and judgement.verdict is Verdict.UNSURE and not event.forced
             timing.ended_by = ("max_utterance" if event.forced else
                                "verdict" if judgement is not None and judgement.verdict is Verdict.COMPLETE
-                               else "silence")
-            self._pending = PendingTurn(self.session.events)
+                               else "held" if held else "silence")
+            self._pending = PendingTurn(self.session.events, held=held)
+            self._held = None
+            if held:
+                self._held = (event.t, timing)
+                self.session.spawn(self._answer_anyway(self._pending, timing), "answer-hold")
+                self._check_hold()
             self._start_turn(self._voice_turn(np.asarray(event.audio, dtype=np.float32), timing, speculation,
                                               self._pending))
 
@@ -222,6 +259,7 @@ class Conversation:
         """The user went on before the answer was heard: take the turn back (nothing of it was shown);
         the VAD carries its audio into the turn going on."""
         pending, self._pending = self._pending, None
+        self._held = None
         if pending is None or not pending.withdraw():
             return
         self._withdrawn += 1
@@ -267,7 +305,9 @@ class Conversation:
         if judgement.verdict is Verdict.COMPLETE:
             events = self.vad.end_after(0)
         elif judgement.verdict is Verdict.UNSURE:
-            events = self.vad.end_after(self.unsure_wait_ms)
+            # Ended now so that the answer is made meanwhile; it is held until unsure_wait_ms of silence
+            # (the user going on before then withdraws it).
+            events = self.vad.end_after(0)
         else:
             events = []  # unfinished: wait for more, up to --turn-max-wait-ms
         for event in events:
@@ -392,7 +432,8 @@ class Conversation:
                 timing.first_clause = time.monotonic()
             clauses.put_nowait(clause)
             if uid is None:
-                uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"))
+                uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"),
+                                    ready=turn.may_answer)
                 timing.utterance_id = uid
                 session.watch_utterance(uid, lambda: self._on_air(timing, turn))
 

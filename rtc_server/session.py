@@ -187,10 +187,11 @@ class Session:
         return self.speak(one_text(text))
 
     def speak(self, texts: AsyncIterable[str], utterance_id: str | None = None,
-              on_first_audio: Callable[[], None] | None = None) -> str:
-        """Speak a stream of texts (e.g. LLM clauses) as one utterance."""
+              on_first_audio: Callable[[], None] | None = None,
+              ready: Callable[[], Awaitable[None]] | None = None) -> str:
+        """Speak a stream of texts (e.g. LLM clauses) as one utterance; with `ready`, not heard before it returns."""
         uid = utterance_id or self.new_utterance_id()
-        return self._queue_utterance(uid, lambda: self.speaker.speak(uid, texts, on_first_audio))
+        return self._queue_utterance(uid, lambda: self.speaker.speak(uid, texts, on_first_audio, ready))
 
     def _queue_utterance(self, uid: str, produce: Callable[[], Awaitable[int]]) -> str:
         """Produce an utterance after those already accepted; every one ends with a speech_end."""

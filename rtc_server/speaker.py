@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import Executor
-from typing import AsyncIterable, Callable, Iterator, Protocol
+from typing import AsyncIterable, Awaitable, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -97,8 +97,10 @@ class Speaker:
         self.on_cues = on_cues    # mouth cues of each chunk, from renderers that make them (viseme mode)
 
     async def speak(self, utterance_id: str, texts: AsyncIterable[str],
-                    on_first_audio: Callable[[], None] | None = None) -> int:
-        """Queue the frames of `texts` as one utterance; returns the number of frames queued.
+                    on_first_audio: Callable[[], None] | None = None,
+                    ready: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Queue the frames of `texts` as one utterance; returns the number of frames queued. With `ready`,
+        synthesis starts at once but no frame is queued before it returns.
 
         Cancelling the caller stops TTS and rendering; frames already queued are the
         caller's to clear (FrameQueue.clear), and anything in flight is refused by the
@@ -107,7 +109,7 @@ class Speaker:
         chunks: asyncio.Queue[SpeechChunk | BaseException | None] = asyncio.Queue(maxsize=2)
         tts = asyncio.create_task(self._synthesize(texts, chunks), name=f"tts-{utterance_id}")
         try:
-            return await self._play(utterance_id, chunks, on_first_audio)
+            return await self._play(utterance_id, chunks, on_first_audio, ready)
         finally:
             tts.cancel()
 
@@ -120,7 +122,8 @@ class Speaker:
         return await self._play(utterance_id, chunks, None)
 
     async def _play(self, utterance_id: str, chunks: asyncio.Queue,
-                    on_first_audio: Callable[[], None] | None) -> int:
+                    on_first_audio: Callable[[], None] | None,
+                    ready: Callable[[], Awaitable[None]] | None = None) -> int:
         generation = self.queue.generation
         loop = asyncio.get_running_loop()
         held: AVFrame | None = None
@@ -133,6 +136,10 @@ class Speaker:
                 if on_first_audio is not None:
                     on_first_audio()
                     on_first_audio = None
+                if ready is not None:
+                    # Before the start tick is read: the utterance starts on the clock when let go.
+                    await ready()
+                    ready = None
                 # (the frame held back, not yet in the queue, plays before this chunk too)
                 start_tick = self.next_tick() + len(self.queue) + (held is not None)
                 try:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models.speech import SpeechChunk
-from rtc_server.speaker import Speaker
+from rtc_server.speaker import Speaker, one_text
 from rtc_server.speculation import Prefetch, Speculation
 from tracks.avframe import AVFrame
 from tracks.clock import MediaClock
@@ -298,6 +298,50 @@ async def test_an_uninterrupted_speaker_ends_its_utterance_with_one_last_frame()
     # while the queue is still short).
     assert [int(f.video[0, 0]) for f in frames] == list(range(50, 58)) and speaker.repeated_frames == 0
     assert frames[-1].audio[10:].any() == False and frames[-1].audio[:10].all()  # noqa: E712
+
+
+class CountingVoice:
+    """Says every text as one 3-tick chunk, counting what it was asked to say."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def synthesize(self, text: str):
+        self.said.append(text)
+        yield SpeechChunk(text=text, audio=np.full(SPT * 3, 500, np.int16), sample_rate=16000)
+
+
+async def test_a_held_utterance_is_synthesized_at_once_and_queued_only_when_let_go():
+    """`ready` (a turn held until the user's silence is long enough): the voice is made meanwhile, no
+    frame reaches the queue before it returns, and the utterance starts on the tick it is let go on."""
+    queue = FrameQueue(50)
+    go = asyncio.Event()
+    tick = {"now": 0}
+    voice = CountingVoice()
+    begun_at: list[int] = []
+
+    class TickRecordingRenderer(OneFrameRenderer):
+        def begin(self, chunk: SpeechChunk, tick: int):
+            begun_at.append(tick)
+            return super().begin(chunk, tick)
+
+    with ThreadPoolExecutor(1) as executor:
+        speaker = Speaker(voice=voice, renderer=TickRecordingRenderer(), queue=queue, executor=executor,
+                          samples_per_tick=SPT, next_tick=lambda: tick["now"])
+        first_audio = []
+        task = asyncio.create_task(speaker.speak("u1", one_text("Hello there."),
+                                                 on_first_audio=lambda: first_audio.append(tick["now"]),
+                                                 ready=go.wait))
+        for _ in range(200):
+            await asyncio.sleep(0.002)
+        assert voice.said == ["Hello there."] and first_audio == [0], "synthesized while held"
+        assert len(queue) == 0, "nothing queued before it is let go"
+        tick["now"] = 40
+        go.set()
+        assert await task == 3
+    frames = [queue.get_nowait() for _ in range(len(queue))]
+    assert [f.first for f in frames] == [True, False, False] and frames[-1].last
+    assert begun_at == [40], "its lip-sync is laid on the tick it was let go on"
 
 
 class SlowRenderer(OneFrameRenderer):

@@ -124,8 +124,8 @@ async def test_a_finished_question_ends_on_the_verdict_before_the_silence(listen
 
 
 async def test_the_verdict_never_makes_a_finished_turn_wait_longer_than_the_silence(conversation_server):
-    """Default settings: a finished question ends on its verdict or the --turn-unsure-wait-ms silence, never
-    on the 1.5 s wait for unfinished ones."""
+    """Default settings: a finished question ends on its verdict (judged unsure, its answer is then held for
+    the --turn-unsure-wait-ms silence), never on the 1.5 s wait for unfinished ones."""
     from tests.speech_samples import espeak
 
     base_url, _ = conversation_server
@@ -134,7 +134,7 @@ async def test_the_verdict_never_makes_a_finished_turn_wait_longer_than_the_sile
         _, turn = await ask(client, microphone, espeak("What is the capital of France?", "en-us+f3"))
     finally:
         await client.close()
-    assert turn["ended_by"] in ("verdict", "silence") and turn["turn_verdict"] in ("complete", "unsure"), turn
+    assert turn["ended_by"] in ("verdict", "held") and turn["turn_verdict"] in ("complete", "unsure"), turn
     # In stream time; the verdict comes when recognition is done (about 150-300 ms on 2 cores), so
     # anything near --turn-max-wait-ms (1500) means the turn was held as unfinished.
     assert turn["silence_heard_ms"] < 1000, turn
@@ -171,3 +171,31 @@ async def test_going_on_before_the_answer_is_heard_withdraws_the_turn(listen_con
     assert len([e for e in events if e.get("type") == "speech_start"]) == 1
     states = [e["state"] for e in events if e.get("type") == "state"]
     assert "thinking" in states[states.index("listening") + 1:] and states.count("thinking") >= 2, states
+
+
+async def test_an_unsure_turn_is_answered_no_sooner_than_its_silence(listen_config, listen_models):
+    """Judged unsure (here: a threshold the voice never reaches), the turn ends on the verdict and its answer
+    is made at once, but is not heard before --turn-unsure-wait-ms (1200 here) of silence after the speech."""
+    from tests.speech_samples import espeak, speech_bounds
+
+    config = dataclasses.replace(listen_config, turn_threshold=0.999, turn_unsure_wait_ms=1200)
+    base_url, _, server = await start_server(config, listen_models)
+    clip = espeak("What is the capital of France?", "en-us+f3")
+    lead_s = 0.3
+    client, microphone = await connect(base_url)
+    try:
+        seen = len(client.events)
+        microphone.play(mic_pcm(clip, lead_s=lead_s))
+        start = await client.wait_event(lambda e: e.get("type") == "speech_start", timeout=30, since=seen)
+        heard_at = next(t for t, e in client.events if e is start)
+        await client.wait_event(lambda e: e.get("type") == "speech_end", timeout=30, since=seen)
+        _, body = await client.request("GET", f"/sessions/{client.session_id}")
+    finally:
+        await client.close()
+        await server.close()
+    turn = body["turns"][-1]
+    assert turn["turn_verdict"] == "unsure" and turn["ended_by"] == "held", turn
+    assert turn["silence_heard_ms"] < 1200, "the turn itself ended on the verdict"
+    speech_end = microphone.played_at + lead_s + speech_bounds(clip)[1]
+    assert heard_at - speech_end >= 1.15, f"answered {heard_at - speech_end:.3f} s after the question"
+    assert turn["stages_ms"]["answer_hold"] > 0, turn["stages_ms"]
