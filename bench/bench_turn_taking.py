@@ -42,6 +42,8 @@ RATE = 48_000
 
 async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
     seen = len(client.events)
+    _, body = await client.request("GET", f"/sessions/{client.session_id}")
+    before = {t.get("end_of_turn") for t in body.get("turns") or []}
     client.mic.play(pcm)
     play_s = len(pcm) / RATE
     deadline = time.monotonic() + play_s + 6.0
@@ -58,7 +60,7 @@ async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
     while time.monotonic() < quiet_by:
         events = [e for _, e in client.events[seen:]]
         starts = sum(1 for e in events if e.get("type") == "speech_start")
-        ends = sum(1 for e in events if e.get("type") == "speech_end" and not e.get("interrupted"))
+        ends = sum(1 for e in events if e.get("type") == "speech_end")
         if starts and ends >= starts:
             break
         await asyncio.sleep(0.1)
@@ -69,7 +71,8 @@ async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
     spoken = [i for i, e in enumerate(events) if e.get("type") == "speech_start"]
     heard_last = bool(transcripts) and last_word in words(transcripts[0])
     _, body = await client.request("GET", f"/sessions/{client.session_id}")
-    turn = (body.get("turns") or [{}])[-1]
+    turns = [t for t in body.get("turns") or [] if t.get("end_of_turn") not in before] or [{}]
+    turn = turns[-1]
     # Cut off: the sentence became two turns, or the avatar began to answer before the user's last turn
     # (the second half talked over it), or nothing of the sentence came through. A misheard last word in
     # one turn ("capital of Friends") is not a cut; nor is an end of turn taken back before anything of
@@ -79,7 +82,10 @@ async def trial(client: LightClient, pcm: np.ndarray, last_word: str) -> dict:
             "ends_withdrawn": turn.get("ends_withdrawn"), "last_word_heard": heard_last,
             "verdict": turn.get("turn_verdict"), "reason": turn.get("turn_reason"),
             "probability": turn.get("turn_probability"), "ended_by": turn.get("ended_by"),
-            "end_of_turn_wait_ms": (turn.get("stages_ms") or {}).get("end_of_turn_wait")}
+            "end_of_turn_wait_ms": (turn.get("stages_ms") or {}).get("end_of_turn_wait"),
+            # Every turn the sentence became (a cut's first half: how its end was judged).
+            "turns": [{k: t.get(k) for k in ("user_text", "turn_verdict", "turn_reason", "turn_probability",
+                                             "ended_by", "silence_heard_ms")} for t in turns]}
 
 
 async def run_detector(detector: str, voices: list[str], pauses: list[int], sentences: int,

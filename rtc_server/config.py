@@ -67,9 +67,10 @@ class Config:
     turn_detector: str = "smart"      # smart (words + Smart Turn v3) | silence (end_silence_ms alone)
     turn_threshold: float = 0.5       # Smart Turn probability at or above which a turn is finished
     turn_max_wait_ms: int = 1500      # silence that ends a turn judged unfinished
-    # Silence that ends a turn when words and voice disagree. bench_turn_taking (10 sentences with
-    # mid-sentence pauses): 300 ms cut off 4 of 10 at a 500 ms pause, 600 ms 1-2 of 10.
-    turn_unsure_wait_ms: int = 600
+    # Silence before the answer to a turn judged unsure may be heard (the turn itself ends on the verdict).
+    # The VAD hears ~100 ms more silence than there is when speech resumes softly ("wondering if | you":
+    # 622 ms for a 500 ms gap), so 600 cut such a pause off; 700 (bench_turn_taking, README).
+    turn_unsure_wait_ms: int = 700
     # Speech within this much silence after a turn ended, while its answer is still unheard, continues
     # that turn (the answer begun is dropped): an end of turn guessed too early costs no cut-off.
     turn_resume_ms: int = 2000

@@ -435,7 +435,7 @@ class Conversation:
                 uid = session.speak(clause_stream(), on_first_audio=lambda: _mark(timing, "tts_first_audio"),
                                     ready=turn.may_answer)
                 timing.utterance_id = uid
-                session.watch_utterance(uid, lambda: self._on_air(timing, turn))
+                session.watch_utterance(uid, lambda: self._on_air(timing, turn), on_unheard=turn.release)
 
         try:
             if deltas is None:

@@ -129,7 +129,8 @@ class Session:
         self._utterances: dict[str, asyncio.Task] = {}  # accepted and not yet ended, in order
         self._speak_lock = asyncio.Lock()
         self._utterance_count = 0
-        self._on_air_callbacks: dict[str, Callable[[], None]] = {}
+        # Per utterance: what to call when its first frame leaves, and when it ends without ever playing.
+        self._on_air_callbacks: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
         # Whether microphone audio is heard at all; typed chat works either way.
         self.listen = listen
         self.persona = persona      # this session's system prompt, instead of the server's
@@ -208,9 +209,11 @@ class Session:
         chunk = SpeechChunk(text="", audio=pcm, sample_rate=self.config.sample_rate, phonemes=None)
         return self._queue_utterance(uid, lambda: self.speaker.speak_chunks(uid, [chunk]))
 
-    def watch_utterance(self, uid: str, on_air: Callable[[], None]) -> None:
-        """Call `on_air` when the first frame of `uid` leaves on the clock."""
-        self._on_air_callbacks[uid] = on_air
+    def watch_utterance(self, uid: str, on_air: Callable[[], None],
+                        on_unheard: Callable[[], None] | None = None) -> None:
+        """Call `on_air` when the first frame of `uid` leaves on the clock, or `on_unheard` if it ends before
+        (interrupted, or its synthesis failed)."""
+        self._on_air_callbacks[uid] = (on_air, on_unheard)
 
     async def _run_utterance(self, uid: str, produce: Callable[[], Awaitable[int]]) -> None:
         """Await an utterance's production in turn; end it here if nothing of it will ever play."""
@@ -249,9 +252,9 @@ class Session:
 
     def _on_speech(self, event: str, uid: str) -> None:
         if event == "start":
-            callback = self._on_air_callbacks.pop(uid, None)
-            if callback is not None:
-                callback()
+            callbacks = self._on_air_callbacks.pop(uid, None)
+            if callbacks is not None:
+                callbacks[0]()
             self.events.send({"type": "speech_start", "utterance_id": uid})
             self.set_state("speaking")
         elif uid in self._utterances:
@@ -268,7 +271,9 @@ class Session:
 
     def _end_utterance(self, uid: str, interrupted: bool) -> None:
         self._utterances.pop(uid, None)
-        self._on_air_callbacks.pop(uid, None)
+        callbacks = self._on_air_callbacks.pop(uid, None)
+        if callbacks is not None and callbacks[1] is not None:
+            callbacks[1]()
         self.events.send({"type": "speech_end", "utterance_id": uid, "interrupted": interrupted})
         if not self._utterances and self.state == "speaking":
             self.set_state("idle")
