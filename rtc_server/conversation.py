@@ -403,6 +403,9 @@ class Conversation:
             timing.user_text = text
             ahead = speculation.reply(self.history.messages(pending_user=text)) if speculation is not None else None
             await self._reply(text, timing, turn, ahead)
+        except asyncio.CancelledError:
+            turn.release()  # stopped by something else than the user going on: over, not to be continued
+            raise
         finally:
             if speculation is not None:
                 speculation.cancel()  # whatever of it was not used
