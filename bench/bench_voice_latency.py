@@ -317,14 +317,18 @@ async def voice_turn(client: AvatarClient, line: SpokenLine, history: int, cpu: 
     return result
 
 
-STAGES = ["end_of_turn_wait", "asr", "llm_first_token", "llm_first_clause", "tts_first_audio", "first_frame"]
+STAGES = ["end_of_turn_wait", "asr", "llm_first_token", "llm_first_clause", "tts_first_audio", "answer_hold",
+          "first_frame"]
 SUM_PARTS = ["uplink_and_vad_end", "end_of_turn_wait", "asr", "llm_first_clause", "tts_first_audio",
-             "first_frame", "first_frame_to_wire", "quiet_lead_in"]
+             "answer_hold", "first_frame", "first_frame_to_wire", "quiet_lead_in"]
 
 
 def stage_sum(turn: VoiceTurn) -> float | None:
     """Client and server parts that should add up to total_wire_ms."""
-    parts = {**turn.stages_ms, **turn.client_ms}
+    # answer_hold: only a turn judged unsure waits for its silence (server code before it: none).
+    parts = {"answer_hold": 0.0, **turn.stages_ms, **turn.client_ms}
+    if parts["answer_hold"] is None:
+        parts["answer_hold"] = 0.0
     values = [parts.get(k) for k in SUM_PARTS]
     return round(sum(values), 1) if all(v is not None for v in values) else None
 
@@ -452,9 +456,9 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
 
     print("\nvoice-to-voice, per question (ms; wire = first RTP packet of the first audible reply frame;"
           " others = cores used by processes not ours)")
-    head = ("question", "wire", "decoded", "uplink", "eot", "asr", "tok1", "clause1", "tts1", "frame1",
+    head = ("question", "wire", "decoded", "uplink", "eot", "asr", "tok1", "clause1", "tts1", "hold", "frame1",
             "to_wire", "lead_in", "sum", "others", "hist")
-    line = "  {:<30} {:>6} {:>7} {:>6} {:>5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>6} {:>6} {:>4}"
+    line = "  {:<30} {:>6} {:>7} {:>6} {:>5} {:>5} {:>5} {:>7} {:>5} {:>5} {:>6} {:>7} {:>7} {:>6} {:>6} {:>4}"
     print(line.format(*head))
 
     def cell(v):
@@ -466,7 +470,8 @@ def report(turns: list[VoiceTurn], cuts: list[BargeIn], warmup: VoiceTurn | None
             continue
         s, c = t.stages_ms, t.client_ms
         row = (t.question[:30], t.total_wire_ms, t.total_decoded_ms, c["uplink_and_vad_end"], s["end_of_turn_wait"],
-               s["asr"], s["llm_first_token"], s["llm_first_clause"], s["tts_first_audio"], s["first_frame"],
+               s["asr"], s["llm_first_token"], s["llm_first_clause"], s["tts_first_audio"], s.get("answer_hold"),
+               s["first_frame"],
                c["first_frame_to_wire"], c["quiet_lead_in"], stage_sum(t))
         others = (t.cpu_cores or {}).get("others")
         print(line.format(row[0], *map(cell, row[1:]), "-" if others is None else f"{others:.2f}",
