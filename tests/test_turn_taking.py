@@ -146,15 +146,18 @@ async def test_going_on_before_the_answer_is_heard_withdraws_the_turn(listen_con
     one final transcript with both halves, one answer to all of it, nothing spoken before."""
     from models.llm import EchoChatModel
 
+    from rtc_server.app import SESSIONS
+
     bundle = dataclasses.replace(listen_models, llm=EchoChatModel(delay_s=0.3))
-    base_url, _, server = await start_server(listen_config, bundle)
-    # 900 ms: past --turn-unsure-wait-ms (600), so whatever the verdict the turn ends inside the pause.
+    base_url, app, server = await start_server(listen_config, bundle)
+    # 900 ms: past --turn-unsure-wait-ms (700), so whatever the verdict the turn ends inside the pause.
     audio, gap_ms = paused_sentence("Tell me a story", "about the moon.", 900, "en-us+f3")
     client, microphone = await connect(base_url)
     try:
         transcripts, turn = await ask(client, microphone, audio)
         events = [e for _, e in client.events]
         _, body = await client.request("GET", f"/sessions/{client.session_id}")
+        history = app[SESSIONS][client.session_id].conversation.history.messages()
     finally:
         await client.close()
         await server.close()
@@ -169,6 +172,9 @@ async def test_going_on_before_the_answer_is_heard_withdraws_the_turn(listen_con
              or (e.get("type") == "transcript" and e["final"])]
     assert not shown, f"nothing of the withdrawn turn is shown or said: {shown}"
     assert len([e for e in events if e.get("type") == "speech_start"]) == 1
+    kept = [(m["role"], m["content"]) for m in history if m["role"] != "system"]
+    assert kept == [("user", transcripts[0]["text"]), ("assistant", replies[0]["text"])], \
+        "the chat history keeps the whole turn only"
     states = [e["state"] for e in events if e.get("type") == "state"]
     assert "thinking" in states[states.index("listening") + 1:] and states.count("thinking") >= 2, states
 
