@@ -10,7 +10,8 @@ the way the server does (models/asr.SpeechRecognizer, greedy, short window). Wor
 jiwer's over all questions of a voice, on lower-case words with digits written out; "last
 word missed" counts questions whose last word is not among the transcript's last two (misheard or
 dropped: "capital and friends"). The time is the
-recognition's wall time on this machine (the ASR stage inside a turn). Writes bench/out/asr.json (--out).
+recognition's wall time on this machine (the ASR stage inside a turn). Smart Turn v3, which judges the
+end of turn beside the recognition, is timed on the same clips. Writes bench/out/asr.json (--out).
 """
 from __future__ import annotations
 
@@ -75,6 +76,27 @@ def measure(model: str, voices: list[str], questions: list[str], threads: int) -
     return result
 
 
+def measure_smart_turn(voices: list[str], questions: list[str]) -> dict:
+    """Smart Turn v3's time on the same turns: it runs beside the recognition at each pause (one thread)."""
+    from models.turn import SmartTurnModel
+
+    model = SmartTurnModel()
+    model.warmup()
+    times = []
+    for voice in voices:
+        for question in questions:
+            audio = turn_audio(question, voice)
+            t0 = time.perf_counter()
+            model.probability(audio)
+            times.append((time.perf_counter() - t0) * 1000)
+    ms = np.array(times)
+    result = {"smart_turn_ms_p50": round(float(np.percentile(ms, 50)), 1),
+              "smart_turn_ms_p95": round(float(np.percentile(ms, 95)), 1)}
+    print(f"  Smart Turn v3 (end of turn, beside recognition): p50 {result['smart_turn_ms_p50']:.0f} ms, "
+          f"p95 {result['smart_turn_ms_p95']:.0f} ms per question", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(EMBEDDED_MODELS))
@@ -87,8 +109,9 @@ def main() -> None:
     questions = list(QUESTIONS[: args.questions])
     print(f"{len(questions)} questions x {len(args.voices)} voices, {os.cpu_count()} cores", flush=True)
     results = [measure(m, args.voices, questions, args.threads) for m in args.models]
+    smart_turn = measure_smart_turn(args.voices, questions)
     OUT.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps({"models": results, **smart_turn}, indent=1))
     print(f"{'model':8s} {'WER':>7s} {'missed':>6s} {'p50 ms':>7s} {'p95 ms':>7s}")
     for r in results:
         missed = sum(v["last_word_missed"] for v in r["voices"].values())

@@ -276,7 +276,7 @@ class Conversation:
 
         The words are the speculation's recognition. Smart Turn runs beside it, on the other worker, so
         that the verdict comes when the slower of the two is done rather than after both (Smart Turn
-        takes about as long as tiny.en's recognition on 2 cores); its answer is used only when the words
+        takes a little less than tiny.en's recognition: bench/bench_asr.py); its answer is used only when the words
         leave the verdict open (judge_words gives None).
         """
         speculation = self._speculation
@@ -408,7 +408,9 @@ class Conversation:
             ahead = speculation.reply(self.history.messages(pending_user=text)) if speculation is not None else None
             await self._reply(text, timing, turn, ahead)
         except asyncio.CancelledError:
-            turn.release()  # stopped by something else than the user going on: over, not to be continued
+            # Stopped by something else than the user going on (a withdrawn turn ignores this): what was
+            # said and answered so far stays, and the turn cannot be continued.
+            turn.release()
             raise
         finally:
             if speculation is not None:
@@ -465,7 +467,6 @@ class Conversation:
         except LLMError as exc:
             session.report_error("llm", f"reply failed: {exc}")
         except asyncio.CancelledError:
-            turn.release()  # interrupted, not withdrawn: what was said and answered so far stays
             raise
         except Exception as exc:
             log.exception("session %s: reply failed", session.id)
@@ -490,7 +491,6 @@ class Conversation:
             # The prompt's start changed: read it now, while the reply plays, rather than
             # when the user's next question is waiting (~1.5 s for SmolLM2 on 2 cores).
             self.session.spawn(self.llm.prefill(self.history.messages()), "llm-prefill")
-
 
     def _on_air(self, timing: TurnTiming, turn: PendingTurn) -> None:
         turn.release()
