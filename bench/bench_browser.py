@@ -576,6 +576,7 @@ async def measure_v2v(driver, questions: int, llm: str, server_args: tuple[str, 
             page = await open_page(browser, server.url, "stats=1")
             await asyncio.sleep(total_s + 2)
             details = await page.js("() => window.avatarClient.v2vDetails")
+            history = await page.js("() => window.avatarClient.statsHistory")
             import aiohttp
 
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {page.token}"}) as http:
@@ -595,9 +596,15 @@ async def measure_v2v(driver, questions: int, llm: str, server_args: tuple[str, 
     result = {"questions": count, "llm": llm, "server_args": list(server_args),
               "server_script": str(server_script or "run.py"), "page_v2v_ms": summary, "turns": details, "server_stages_ms": stages,
               "server_verdicts": verdicts,
-              "start_of_measurement": sorted({d["from"] for d in details})}
+              "start_of_measurement": sorted({d["from"] for d in details}),
+              # Where the time outside the server goes on the way back: Chrome's audio jitter
+              # buffer (it also holds audio back to meet the video), its playout, WebAudio's output.
+              "page_audio_path_ms": {key: jitter_buffers(history, key).get("p50")
+                                     for key in ("audioJitterBufferMs", "videoJitterBufferMs", "playoutDelayMs",
+                                                 "outputLatencyMs", "chromeAvMs")}}
     if latencies:
         print(f"  voice-to-voice p50 {summary['p50']:.0f} ms, p95 {summary['p95']:.0f} ms", flush=True)
+    print("  page audio path p50: " + ", ".join(f"{k} {v}" for k, v in result["page_audio_path_ms"].items()), flush=True)
     print(f"  voice-to-voice over {len(latencies)} of {count} questions: "
           + (", ".join(f"{x:.0f}" for x in latencies) or "none") + " ms "
           f"(page: end of mic speech -> first avatar audio; from {result['start_of_measurement']})", flush=True)

@@ -7,13 +7,14 @@ so a thousand ticks or a two-second stall take microseconds and give exact figur
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from models.speech import SpeechChunk
+from models.speech import PhonemeTiming, SpeechChunk
 from rtc_server.speaker import Speaker, one_text
 from rtc_server.speculation import Prefetch, Speculation
 from tracks.avframe import AVFrame
@@ -342,6 +343,39 @@ async def test_a_held_utterance_is_synthesized_at_once_and_queued_only_when_let_
     frames = [queue.get_nowait() for _ in range(len(queue))]
     assert [f.first for f in frames] == [True, False, False] and frames[-1].last
     assert begun_at == [40], "its lip-sync is laid on the tick it was let go on"
+
+
+class PausingVoice:
+    """Says each sentence as Piper does: 300 ms of silence (its "^"), the voice, 100 ms of silence ("$")."""
+
+    PAUSE, VOICE, TAIL = 0.3, 0.4, 0.1
+
+    def synthesize(self, text: str):
+        for sentence in re.findall(r"[^.!?]+[.!?]?", text):
+            rate = 16000
+            audio = np.concatenate([np.zeros(int(self.PAUSE * rate), np.int16),
+                                    np.full(int(self.VOICE * rate), 3000, np.int16),
+                                    np.zeros(int(self.TAIL * rate), np.int16)])
+            marks = [("^", 0.0, self.PAUSE), ("a", self.PAUSE, self.PAUSE + self.VOICE),
+                     ("$", self.PAUSE + self.VOICE, self.PAUSE + self.VOICE + self.TAIL)]
+            yield SpeechChunk(text=sentence.strip(), audio=audio, sample_rate=rate,
+                              phonemes=tuple(PhonemeTiming(*m) for m in marks))
+
+
+async def test_an_utterance_opens_on_its_voice_and_keeps_the_pauses_between_its_sentences():
+    """The voice's pause before a sentence is cut to 20 ms where the utterance opens (silence there
+    is only a slower answer); between two sentences it stays whole."""
+    queue = FrameQueue(100)
+    with ThreadPoolExecutor(1) as executor:
+        speaker = Speaker(voice=PausingVoice(), renderer=OneFrameRenderer(), queue=queue, executor=executor,
+                          samples_per_tick=SPT, next_tick=lambda: 0)
+        await speaker.speak("u1", one_text("Hello there. How are you?"))
+    audio = np.concatenate([queue.get_nowait().audio for _ in range(len(queue))])
+    voiced = np.flatnonzero(audio)
+    assert voiced[0] / 16000 == pytest.approx(0.02, abs=0.002), "the opening pause is cut to 20 ms"
+    gap = np.diff(voiced).max() - 1
+    assert gap / 16000 == pytest.approx(PausingVoice.TAIL + PausingVoice.PAUSE, abs=0.002), \
+        "the pause between the sentences is whole"
 
 
 class SlowRenderer(OneFrameRenderer):
