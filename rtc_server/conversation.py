@@ -16,6 +16,7 @@ from models.bundle import ModelBundle
 from models.llm import ChatHistory, ClauseSplitter, LLMError
 from models.llm.conversation import load_persona
 from models.turn import TurnJudgement, Verdict, judge, judge_words
+from rtc_server.arrival_clock import ArrivalClock
 from rtc_server.session import Session
 from rtc_server.pending_turn import PendingTurn
 from rtc_server.speculation import Prefetch, Speculation
@@ -136,8 +137,7 @@ class Conversation:
         # A held turn: its speech's end (stream seconds) and its timing, until the silence lets it answer.
         self._held: tuple[float, TurnTiming] | None = None
         self._withdrawn = 0  # ends of the turn going on taken back (the user went on)
-        self._samples_in = 0          # 16 kHz samples fed to the VAD so far
-        self._stream_t0: float | None = None  # monotonic time of VAD stream sample 0
+        self.arrivals = ArrivalClock(ASR_RATE)  # VAD stream time -> when that audio arrived
         self.user_speaking = False
         self.mic_errors = 0
 
@@ -147,9 +147,7 @@ class Conversation:
         try:
             for out in self.resampler.resample(frame):
                 pcm = out.to_ndarray().reshape(-1)
-                if self._stream_t0 is None:
-                    self._stream_t0 = time.monotonic() - len(pcm) / ASR_RATE
-                self._samples_in += len(pcm)
+                self.arrivals.heard(len(pcm))
                 # Talking over the avatar should stop it fast: a one-frame onset then. Not while the
                 # answer is still unheard: going on then withdraws the turn, which a click must not do.
                 self.vad.quick_onset = self.quick_barge_in and self._avatar_busy() and not self._may_withdraw()
@@ -160,9 +158,6 @@ class Conversation:
             self.mic_errors += 1
             if self.mic_errors in (1, 100):
                 self.session.report_error("mic", f"microphone audio could not be processed: {exc}")
-
-    def _stream_time(self, t: float) -> float:
-        return (self._stream_t0 or time.monotonic()) + t
 
     def _avatar_busy(self) -> bool:
         return self.session.speaking or (self._turn is not None and not self._turn.done())
@@ -234,7 +229,7 @@ class Conversation:
                     speculation.cancel()
                 return
             self.user_speaking = False
-            timing = TurnTiming(source="voice", speech_end=self._stream_time(event.t), end_of_turn=time.monotonic(),
+            timing = TurnTiming(source="voice", speech_end=self.arrivals.at(event.t), end_of_turn=time.monotonic(),
                                 speculated_at=speculation.started if speculation is not None else None,
                                 speculations_dropped=self._dropped, ends_withdrawn=self._withdrawn,
                                 silence_heard_ms=round((event.detected_at - event.t) * 1000, 1))
