@@ -76,10 +76,10 @@ class Config:
     turn_resume_ms: int = 2000
     barge_in: bool = True
     barge_in_onset_ms: float = 32.0   # speech needed to interrupt the avatar (one VAD frame)
-    # The VAD starts the speculation no sooner than its 150 ms post-roll (five 32 ms frames, 160 ms),
-    # so that it recognises the same audio as the whole turn; that leaves ASR and the LLM prompt
-    # ~140 ms of the 300 ms wait (96 ms left ~200 ms but cut the last word's tail).
-    speculate_after_ms: float = 160.0
+    # The VAD starts the speculation no sooner than its 96 ms post-roll (three 32 ms frames, then 64 ms
+    # of zeros for Whisper to write out the last word), so that it recognises the same audio as the
+    # whole turn.
+    speculate_after_ms: float = 96.0
     listen: bool = True               # load VAD/ASR/LLM and answer the microphone
     prepare_memory_mb: int = 3072     # address-space ceiling of the avatar preparation process
     work_nice: int = 10               # TTS/ASR/LLM threads yield to the media threads on a full machine

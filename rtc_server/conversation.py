@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 ASR_RATE = 16_000
 # With --turn-detector smart and no speculation, the pause at which the verdict is taken: the VAD's
 # post-roll, so the words judged are all the turn's.
-SMART_PAUSE_MS = 160.0
+SMART_PAUSE_MS = 96.0
 
 
 @dataclass

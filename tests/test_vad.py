@@ -1,10 +1,13 @@
 """Streaming VAD on real speech (espeak-ng), silence, clicks and noise."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from models.vad import (
+    FRAME,
     FRAME_S,
     SpeechDiscarded,
     SpeechEnd,
@@ -193,17 +196,23 @@ def test_speech_over_background_noise_is_still_one_turn(detector, sentence):
 
 
 def test_a_pause_is_announced_before_the_end_of_turn(detector, sentence):
-    """With pause_ms, SpeechPause comes into the silence once the post-roll is complete (here 96 ms
-    asked, 160 ms of post-roll), carrying exactly the audio the end of turn will: work begun on it
-    hears every word."""
+    """With pause_ms, SpeechPause comes into the silence once the post-roll is complete (here 64 ms
+    asked, 96 ms of post-roll), carrying exactly the audio the end of turn will: work begun on it
+    hears every word. That audio is the pre-roll, the speech, the post-roll as heard, then 64 ms of
+    zeros (the quiet Whisper needs after a last word, not waited for)."""
     audio = np.concatenate([silence(0.3), sentence, silence(0.8)])
-    stream = detector.stream(end_silence_ms=320, pause_ms=96)
+    stream = detector.stream(end_silence_ms=320, pause_ms=64)
     events = push_in_chunks(stream, audio)
     _, pause, end = events
     assert pause.t == end.t and pause.start == end.start
-    assert pause.detected_at - pause.t == pytest.approx(0.160, abs=2 * FRAME_S)
-    assert end.detected_at - pause.detected_at == pytest.approx(0.160, abs=FRAME_S / 2)
+    # (a frame between the two thresholds after the last speech frame still counts as speech going on)
+    assert 0.096 - 1e-9 <= pause.detected_at - pause.t <= 0.096 + FRAME_S + 1e-9
+    assert end.detected_at - pause.detected_at == pytest.approx(0.320 - 0.096, abs=FRAME_S / 2)
     assert np.array_equal(end.audio, pause.audio)
+    pre_roll = math.ceil(stream.config.pre_roll_ms / 1000 / FRAME_S) * FRAME_S
+    heard = (pause.t - pause.start) + pre_roll + 3 * FRAME_S
+    assert 0 <= pause.audio.size - (heard + 0.064) * SAMPLE_RATE <= FRAME, (pause.audio.size, heard)
+    assert not pause.audio[-1024:].any()
 
 
 def test_speech_after_a_pause_resumes_the_turn(detector, sentence):
