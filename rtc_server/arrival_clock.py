@@ -2,11 +2,11 @@
 
 The VAD and the turn logic count time in samples; latency figures (the end-of-turn wait) need the
 moment a given sample arrived. Anchoring sample 0 on the arrival of the first packet puts every
-later moment as late as that packet was early: the first packets come in a burst as the
-connection settles, and the end-of-turn wait then read 30-60 ms longer than it was. Here each
-sample is mapped to its earliest arrival seen lately: the smallest (arrival - stream position)
-over the last two windows, so one early burst or one late packet moves nothing, and a sender
-whose clock runs a little slow or fast is followed within two windows.
+later moment off by however early or late that one packet was, and by whatever the sender's clock
+has drifted since (a microphone's sample clock is not the server's). Here each sample is mapped to
+its earliest arrival seen lately: the smallest (arrival - stream position) over the last two
+windows, so one early burst or one late packet moves nothing, and a drifting sender is followed
+within two windows.
 """
 from __future__ import annotations
 
