@@ -15,7 +15,8 @@ word, with the transcript of the old tail of 160 ms heard:
     heard 64 + zeros 96   two frames, then zeros
 
 "same" counts transcripts equal to the 160 ms one; "last word missed" counts questions whose last
-word is not among the transcript's last two. Writes bench/out/post_roll.json (--out).
+word is not among the transcript's last two; "paused inside" counts questions in which the VAD
+also paused mid-sentence (recognition begun there is thrown away when the user goes on: wasted work). Writes bench/out/post_roll.json (--out).
 """
 from __future__ import annotations
 
@@ -44,13 +45,12 @@ TAILS = {  # name: (post-roll heard, zeros after it), ms
 REFERENCE = "heard 160"
 
 
-def paused_audio(detector: VoiceActivityDetector, speech: np.ndarray, heard_ms: float, zeros_ms: float) -> np.ndarray:
-    """The audio of the turn's last SpeechPause with this tail."""
+def pauses(detector: VoiceActivityDetector, speech: np.ndarray, heard_ms: float, zeros_ms: float) -> list[SpeechPause]:
+    """The SpeechPauses of one spoken question with this tail (the last one is the end of the turn)."""
     stream = detector.stream(post_roll_ms=heard_ms, post_roll_pad_ms=zeros_ms, pause_ms=heard_ms,
                              end_silence_ms=2000)
     audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32)])
-    pauses = [e for e in stream.push(audio) if isinstance(e, SpeechPause)]
-    return pauses[-1].audio
+    return [e for e in stream.push(audio) if isinstance(e, SpeechPause)]
 
 
 def main() -> None:
@@ -62,15 +62,16 @@ def main() -> None:
     asr = SpeechRecognizer(args.model, language="en", cpu_threads=1)
     asr.warmup()
     detector = VoiceActivityDetector()
-    counts = {name: {"same": 0, "last_word_missed": 0, "questions": 0} for name in TAILS}
+    counts = {name: {"same": 0, "last_word_missed": 0, "paused_inside": 0, "questions": 0} for name in TAILS}
     differing = []
     for voice in args.voices:
         for question in QUESTIONS:
             speech = espeak(question, voice)
-            heard = {name: asr.transcribe(paused_audio(detector, speech, *tail)).text.strip()
-                     for name, tail in TAILS.items()}
+            found = {name: pauses(detector, speech, *tail) for name, tail in TAILS.items()}
+            heard = {name: asr.transcribe(found[name][-1].audio).text.strip() for name in TAILS}
             for name, text in heard.items():
                 c = counts[name]
+                c["paused_inside"] += len(found[name]) > 1
                 c["questions"] += 1
                 c["same"] += text == heard[REFERENCE]
                 c["last_word_missed"] += words(question)[-1] not in words(text)[-2:]
@@ -78,9 +79,11 @@ def main() -> None:
                     differing.append({"voice": voice, "question": question, "tail": name,
                                       "reference": heard[REFERENCE], "heard": text})
         print(f"  {voice}: done", flush=True)
-    print(f"{'tail':22s} {'same':>8s} {'last word missed':>17s}   ({args.model}, {len(args.voices)} voices)")
+    print(f"{'tail':22s} {'same':>8s} {'last word missed':>17s} {'paused inside':>14s}   ({args.model}, "
+          f"{len(args.voices)} voices)")
     for name, c in counts.items():
-        print(f"{name:22s} {c['same']:>3d}/{c['questions']:<4d} {c['last_word_missed']:>8d}/{c['questions']}")
+        n = c["questions"]
+        print(f"{name:22s} {c['same']:>3d}/{n:<4d} {c['last_word_missed']:>8d}/{n:<8d} {c['paused_inside']:>5d}/{n}")
     for d in differing:
         if d["tail"] != "heard 96":
             print(f"  {d['tail']}: {d['voice']} {d['question']!r}: {d['reference']!r} -> {d['heard']!r}")

@@ -3,8 +3,10 @@
     python3 bench/bench_tts.py [--runs 10] [--threads 0 1 2]
 
 Prints: voice load time with a cold and a warm patched-model cache, first-chunk latency
-(p50/p90) and real-time factor per onnxruntime intra-op thread count, and the cost of
-mouth_track / audio_mouth_track for the synthesized sentence.
+(p50/p90) and real-time factor per onnxruntime intra-op thread count, the cost of
+mouth_track / audio_mouth_track for the synthesized sentence, and the pause Piper opens an
+answer's first words with (its "^", which rtc_server/speaker.py cuts to 20 ms at an utterance's
+start), over the 32 questions of tests/spoken_sets.py said as the speaker's opening phrase.
 """
 from __future__ import annotations
 
@@ -88,6 +90,17 @@ def bench_visemes(tts: PiperTTS, fps: int = 25, runs: int = 200) -> None:
         print(f"{name}: {per * 1e3:.2f} ms for {chunk.duration:.2f} s of speech ({n} frames at {fps} fps)")
 
 
+def bench_opening_pause(tts: PiperTTS, lead_words: int = 3) -> None:
+    from models.lead_phrase import split_lead
+    from tests.spoken_sets import QUESTIONS
+
+    pauses = sorted(next(iter(tts.synthesize(split_lead(q, lead_words)[0]))).phonemes[0].end * 1000
+                    for q in QUESTIONS)
+    print(f"opening pause of the first words ({len(pauses)} questions as opening phrases): "
+          f"p50 {statistics.median(pauses):.0f} ms, p90 {_percentile(pauses, 0.9):.0f} ms, max {pauses[-1]:.0f} ms "
+          "(Piper varies it from call to call)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -106,6 +119,7 @@ def main() -> None:
         }
         bench_synthesis(voices, args.runs)
         bench_visemes(default)
+        bench_opening_pause(default)
 
 
 if __name__ == "__main__":

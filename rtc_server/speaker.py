@@ -207,8 +207,8 @@ class Speaker:
         loop = asyncio.get_running_loop()
         first = True
         # The pause a voice puts before a sentence is only wanted between sentences: before the
-        # utterance's first words it is silence heard as a slower answer (Piper: 25-70 ms, at times
-        # 250-400 ms), so the first chunk starts as a sentence after an open one would.
+        # utterance's first words it is silence heard as a slower answer (Piper: p50 46 ms, up to 400 ms,
+        # bench/bench_tts.py), so the first chunk starts as a sentence after an open one would.
         trim_head = True  # the next chunk opens the utterance or goes on with a sentence left open
         try:
             async for text in texts:
