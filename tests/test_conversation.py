@@ -85,7 +85,7 @@ async def test_a_pause_inside_a_question_leaves_no_trace(conversation_server):
 
         first = espeak("What is the capital")
         first = first[: int((speech_bounds(first)[1] + 0.02) * 16_000)]  # without espeak's own tail
-        # ~250 ms of silence at the VAD: past the speculation's start (160 ms, five VAD frames), well
+        # ~250 ms of silence at the VAD: past the speculation's start (96 ms, three VAD frames), well
         # short of the end of turn (300 ms, ten frames = 320 ms).
         gap = np.zeros(int(0.22 * 16_000), np.float32)
         speech = soxr.resample(np.concatenate([first, gap, espeak("of France?")]), 16_000, 48_000)
