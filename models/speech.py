@@ -37,10 +37,15 @@ class SpeechChunk:
 LEAD_IN = frozenset({"^"})
 LEAD_OUT = frozenset({"$"})
 _FADE_S = 0.005
+# Sound at or above this (-50 dBFS) is voice; Piper's pauses lie near -85 dBFS. A head is cut from the
+# sound, not from the "^" mark: Piper's alignment puts the first sound anywhere from ~45 ms before the
+# end of "^" to ~10 ms after it, so a cut at the mark could clip a soft first consonant.
+_SOUND = int(32768 * 10 ** (-50 / 20))
 
 
 def tighten(chunk: SpeechChunk, head: bool = False, tail: bool = False, keep_s: float = 0.02) -> SpeechChunk:
-    """Cut the sentence pause a TTS puts before (`head`) or after (`tail`) a chunk down to `keep_s`.
+    """Cut the sentence pause a TTS puts before (`head`) or after (`tail`) a chunk (its "^"/"$") down
+    to `keep_s` before its first sound (after its "$" mark or its last sound, whichever is later).
 
     Used where one sentence was synthesized as two chunks: without it the join would carry a
     full sentence-end plus sentence-start pause (~150 ms with Piper). Needs phoneme timings;
@@ -49,13 +54,17 @@ def tighten(chunk: SpeechChunk, head: bool = False, tail: bool = False, keep_s: 
     if not chunk.phonemes or not (head or tail):
         return chunk
     start, end = 0.0, chunk.duration
+    rate = chunk.sample_rate
+    sound = np.flatnonzero(np.abs(chunk.audio.astype(np.int32)) >= _SOUND)
     if head and chunk.phonemes[0].phoneme in LEAD_IN:
-        start = max(0.0, chunk.phonemes[0].end - keep_s)
+        first_sound = sound[0] / rate if sound.size else chunk.phonemes[0].end
+        start = max(0.0, first_sound - keep_s)
     if tail and chunk.phonemes[-1].phoneme in LEAD_OUT:
-        end = min(end, chunk.phonemes[-1].start + keep_s)
+        # The end keeps to the "$" mark as well: a phrase's last sound may fade out below the threshold.
+        last_sound = (sound[-1] + 1) / rate if sound.size else chunk.phonemes[-1].start
+        end = min(end, max(chunk.phonemes[-1].start, last_sound) + keep_s)
     if start == 0.0 and end == chunk.duration:
         return chunk
-    rate = chunk.sample_rate
     audio = chunk.audio[int(round(start * rate)) : int(round(end * rate))].astype(np.float32)
     fade = min(len(audio) // 2, int(_FADE_S * rate))
     if fade:

@@ -151,15 +151,23 @@ def test_a_sentence_said_as_lead_and_rest_loses_the_sentence_pause_at_the_join(t
         return _longest_quiet_run(np.concatenate([a.audio[-n:], b.audio[:n]]), 48000)
 
     loose = join_gap(first, second)
-    pause = (first.duration - first.phonemes[-1].start) + second.phonemes[0].end  # Piper's $ and ^
     tight_first, tight_second = tighten(first, tail=True), tighten(second, head=True)
-    assert tight_first.duration == pytest.approx(min(first.duration, first.phonemes[-1].start + 0.02), abs=1e-3)
+    # 20 ms is left before the second phrase's first sound (-50 dBFS and up), which Piper's "^" mark only
+    # approximates; the first phrase keeps 20 ms after its "$" mark or its last sound, whichever is later.
+    sound = 32768 * 10 ** (-50 / 20)
+    after_last = len(tight_first.audio) - 1 - np.flatnonzero(np.abs(tight_first.audio.astype(np.int32)) >= sound)[-1]
+    before_first = np.flatnonzero(np.abs(tight_second.audio.astype(np.int32)) >= sound)[0]
+    assert after_last / 48000 >= 0.015  # less the 5 ms fade
+    assert tight_first.duration >= min(first.duration, first.phonemes[-1].start + 0.02) - 1e-3
+    assert before_first / 48000 == pytest.approx(0.02, abs=0.006)
     assert tight_second.phonemes[0].phoneme == "^"
-    assert tight_second.phonemes[0].end == pytest.approx(min(0.02, second.phonemes[0].end), abs=1e-3)
     # What went was silence, and the quiet stretch at the join shrank by as much.
-    for removed in (first.audio[len(tight_first.audio):], second.audio[: len(second.audio) - len(tight_second.audio)]):
-        assert len(removed) == 0 or _rms(removed) < 100
-    assert join_gap(tight_first, tight_second) <= loose - (pause - 0.04) + 0.04  # 5 ms windows, fades
+    removed = [first.audio[len(tight_first.audio):], second.audio[: len(second.audio) - len(tight_second.audio)]]
+    for part in removed:
+        assert len(part) == 0 or np.abs(part.astype(np.int32)).max() < sound
+    removed_s = sum(len(part) for part in removed) / 48000
+    assert removed_s > 0.01, "the sentence pause at the join was cut"
+    assert join_gap(tight_first, tight_second) <= loose - removed_s + 0.015  # 5 ms windows, fades
     first, second = tight_first, tight_second
     joined = len(first.audio) + len(second.audio)
     # Two phrases run a little longer than one sentence (phrase-final lengthening; Piper varies)
