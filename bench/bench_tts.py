@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.lipsync.visemes import audio_mouth_track, mouth_track  # noqa: E402
+from models.speech import first_sound  # noqa: E402
 from models.tts import PiperTTS  # noqa: E402
 
 TEXT = "Hello there, it is nice to meet you."
@@ -95,15 +96,12 @@ def bench_opening_pause(tts: PiperTTS, lead_words: int = 3) -> None:
     from models.lead_phrase import split_lead
     from tests.spoken_sets import QUESTIONS
 
-    import numpy as np
-
-    sound = 32768 * 10 ** (-50 / 20)  # models/speech.py's threshold of the voice
     pauses, early = [], []
     for question in QUESTIONS:
         chunk = next(iter(tts.synthesize(split_lead(question, lead_words)[0])))
         pauses.append(chunk.phonemes[0].end * 1000)
-        first_sound = int(np.argmax(np.abs(chunk.audio.astype(np.int32)) >= sound)) / chunk.sample_rate * 1000
-        early.append(pauses[-1] - first_sound)  # how far the voice starts before the "^" mark ends
+        voiced = first_sound(chunk.audio) or 0
+        early.append(pauses[-1] - voiced / chunk.sample_rate * 1000)  # how far the voice starts before "^" ends
     pauses.sort()
     print(f"opening pause of the first words ({len(pauses)} questions as opening phrases): "
           f"p50 {statistics.median(pauses):.0f} ms, p90 {_percentile(pauses, 0.9):.0f} ms, max {pauses[-1]:.0f} ms "

@@ -40,7 +40,13 @@ _FADE_S = 0.005
 # Sound at or above this (-50 dBFS) is voice; Piper's pauses lie near -85 dBFS. A head is cut from the
 # sound, not from the "^" mark: Piper's alignment puts the first sound anywhere from ~45 ms before the
 # end of "^" to ~10 ms after it, so a cut at the mark could clip a soft first consonant.
-_SOUND = int(32768 * 10 ** (-50 / 20))
+VOICE_LEVEL = int(32768 * 10 ** (-50 / 20))
+
+
+def first_sound(audio: np.ndarray) -> int | None:
+    """Index of the first int16 sample at VOICE_LEVEL or louder (None: the audio is silent)."""
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) >= VOICE_LEVEL)
+    return int(loud[0]) if loud.size else None
 
 
 def tighten(chunk: SpeechChunk, head: bool = False, tail: bool = False, keep_s: float = 0.02) -> SpeechChunk:
@@ -55,7 +61,7 @@ def tighten(chunk: SpeechChunk, head: bool = False, tail: bool = False, keep_s: 
         return chunk
     start, end = 0.0, chunk.duration
     rate = chunk.sample_rate
-    sound = np.flatnonzero(np.abs(chunk.audio.astype(np.int32)) >= _SOUND)
+    sound = np.flatnonzero(np.abs(chunk.audio.astype(np.int32)) >= VOICE_LEVEL)
     if head and chunk.phonemes[0].phoneme in LEAD_IN:
         first_sound = sound[0] / rate if sound.size else chunk.phonemes[0].end
         start = max(0.0, first_sound - keep_s)

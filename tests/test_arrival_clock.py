@@ -23,10 +23,18 @@ class Wire:
         self.packets = 0
 
     def deliver(self, n: int, jitter_s: Callable | None = None, start: float = 100.0) -> None:
+        """n packets, each arriving 10 ms (plus jitter) after its last sample was captured."""
         for _ in range(n):
             self.packets += 1
             sent = start + self.packets * 0.02 / self.sender_rate  # its last sample captured
             self.now["now"] = sent + 0.010 + (jitter_s() if jitter_s else 0.0)
+            self.clock.heard(PACKET)
+
+    def hand_over(self, n: int, at: float) -> None:
+        """n packets arrive together at `at` (held back somewhere on the way)."""
+        self.now["now"] = at
+        for _ in range(n):
+            self.packets += 1
             self.clock.heard(PACKET)
 
 
@@ -46,10 +54,7 @@ def test_a_burst_of_early_packets_does_not_shift_later_moments() -> None:
     arrival alone would place every later moment 60 ms late."""
     clock, now = make()
     wire = Wire(clock, now)
-    for i in range(4):  # four packets held back and handed over together
-        now["now"] = 100.0 + 4 * 0.02 + 0.010 + 0.060
-        clock.heard(PACKET)
-        wire.packets += 1
+    wire.hand_over(4, at=100.0 + 4 * 0.02 + 0.010 + 0.060)
     rng = random.Random(1)
     wire.deliver(500, jitter_s=lambda: rng.uniform(0.0, 0.030))
     # stream second 3.0 was sent at 103.0 and could arrive, at the earliest, 10 ms later
@@ -61,9 +66,7 @@ def test_a_late_packet_moves_nothing() -> None:
     wire = Wire(clock, now)
     wire.deliver(100)
     before = clock.at(1.0)
-    now["now"] += 0.25  # a 250 ms stall, then the backlog
-    clock.heard(PACKET)
-    wire.packets += 1
+    wire.hand_over(1, at=now["now"] + 0.25)  # a 250 ms stall, then the backlog
     assert clock.at(1.0) == pytest.approx(before)
 
 

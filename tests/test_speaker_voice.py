@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from models.speech import SpeechChunk
+from models.speech import VOICE_LEVEL as SOUND, SpeechChunk
 from models.tts import PiperTTS
 from rtc_server.speaker import Speaker, one_text
 from tracks.frame_queue import FrameQueue
@@ -16,7 +16,6 @@ pytestmark = pytest.mark.slow
 RATE = 16_000
 FPS = 25
 SPT = RATE // FPS
-WINDOW = RATE // 200  # 5 ms
 
 
 class BlankRenderer:
@@ -53,9 +52,6 @@ class RecordingVoice:
         for chunk in self.voice.synthesize(text):
             self.chunks.append(chunk)
             yield chunk
-
-
-SOUND = 32768 * 10 ** (-50 / 20)  # the voice starts here; Piper's pauses lie near -85 dBFS
 
 
 def first_sound(audio: np.ndarray) -> int:

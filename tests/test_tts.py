@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.lead_phrase import split_lead
-from models.speech import SpeechChunk, tighten
+from models.speech import VOICE_LEVEL, SpeechChunk, tighten
 from models.tts import PiperTTS
 
 # Real models (and for some, real peers and servers): the full tier, not `-m "not slow"`.
@@ -154,7 +154,7 @@ def test_a_sentence_said_as_lead_and_rest_loses_the_sentence_pause_at_the_join(t
     tight_first, tight_second = tighten(first, tail=True), tighten(second, head=True)
     # 20 ms is left before the second phrase's first sound (-50 dBFS and up), which Piper's "^" mark only
     # approximates; the first phrase keeps 20 ms after its "$" mark or its last sound, whichever is later.
-    sound = 32768 * 10 ** (-50 / 20)
+    sound = VOICE_LEVEL
     after_last = len(tight_first.audio) - 1 - np.flatnonzero(np.abs(tight_first.audio.astype(np.int32)) >= sound)[-1]
     before_first = np.flatnonzero(np.abs(tight_second.audio.astype(np.int32)) >= sound)[0]
     assert after_last / 48000 >= 0.015  # less the 5 ms fade
